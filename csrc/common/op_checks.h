@@ -1,0 +1,80 @@
+// Host-side argument checks and views shared by the CPU and CUDA launchers of the tita ops.
+// The Python wrappers (tita_ext/ops.py) raise friendlier errors first; these guard direct
+// torch.ops.tita calls.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <algorithm>
+
+#include "contract.h"
+
+namespace tita {
+
+inline void check_logits(const at::Tensor& t, const char* name, const at::Tensor& base) {
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D [batch, vocab], got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+              name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == base.device(), name, " is on ", t.device(), " but base_logits is on ", base.device());
+  TORCH_CHECK(t.size(0) == base.size(0), name, " has batch ", t.size(0), " but base_logits has ", base.size(0));
+  TORCH_CHECK(t.size(1) > 0, name, " has an empty vocabulary");
+}
+
+// Shared id range: the narrowest logits, capped by vocab_size when it is > 0.
+inline int64_t check_inputs(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
+                            int64_t vocab_size) {
+  check_logits(base, "base_logits", base);
+  check_logits(reward, "reward_logits", base);
+  int64_t vocab = std::min(base.size(1), reward.size(1));
+  if (ref.has_value()) {
+    check_logits(*ref, "ref_logits", base);
+    vocab = std::min(vocab, ref->size(1));
+  }
+  return vocab_size > 0 ? std::min(vocab, vocab_size) : vocab;
+}
+
+template <typename T>
+inline ParamSource<T> param_source(double scalar, const c10::optional<at::Tensor>& rows, at::ScalarType dtype,
+                                   const char* name, const at::Tensor& base) {
+  if (!rows.has_value()) return ParamSource<T>{static_cast<T>(scalar), nullptr};
+  const at::Tensor& t = *rows;
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == base.size(0), name, " must have shape [", base.size(0), "], got ",
+              t.sizes());
+  TORCH_CHECK(t.device() == base.device(), name, " is on ", t.device(), " but the logits are on ", base.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  return ParamSource<T>{static_cast<T>(scalar), t.data_ptr<T>()};
+}
+
+inline SamplingParams sampling_params(const at::Tensor& base, double alpha, const c10::optional<at::Tensor>& alpha_rows,
+                                      double temperature, const c10::optional<at::Tensor>& temperature_rows,
+                                      int64_t top_k, const c10::optional<at::Tensor>& top_k_rows, double top_p,
+                                      const c10::optional<at::Tensor>& top_p_rows, double min_p,
+                                      const c10::optional<at::Tensor>& min_p_rows, double plausibility,
+                                      const c10::optional<at::Tensor>& plausibility_rows) {
+  SamplingParams p;
+  p.alpha = param_source<float>(alpha, alpha_rows, at::kFloat, "alpha_rows", base);
+  p.temperature = param_source<float>(temperature, temperature_rows, at::kFloat, "temperature_rows", base);
+  p.top_k = param_source<int64_t>(static_cast<double>(top_k), top_k_rows, at::kLong, "top_k_rows", base);
+  p.top_k.scalar = top_k;
+  p.top_p = param_source<float>(top_p, top_p_rows, at::kFloat, "top_p_rows", base);
+  p.min_p = param_source<float>(min_p, min_p_rows, at::kFloat, "min_p_rows", base);
+  p.plausibility = param_source<float>(plausibility, plausibility_rows, at::kFloat, "plausibility_rows", base);
+  return p;
+}
+
+inline void check_seed(const at::Tensor& t, const char* name, const at::Tensor& base) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK(t.numel() == 1 || (t.dim() == 1 && t.size(0) == base.size(0)), name,
+              " must hold 1 value or one per row (", base.size(0), "), got shape ", t.sizes());
+  TORCH_CHECK(t.device() == base.device(), name, " is on ", t.device(), " but the logits are on ", base.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Row address of the noise: a per-row seed addresses its noise with row 0, so a request draws
+// the same numbers wherever it sits in the batch (mirrors reference._noise_rows).
+inline bool per_row_seed(const at::Tensor& seed, int64_t batch) { return seed.numel() == batch && batch != 1; }
+
+}  // namespace tita

@@ -1,0 +1,124 @@
+// Finishing a row from its merged RangeState: the filters, the normaliser and the choice.
+//
+// Dense rows are already decided by the scan. Sparse rows apply, on the candidate buffer only:
+// the final plausibility floor, top-k (nth_element), top-p (a weighted quickselect: expected
+// linear time, no full sort) and min-p, then draw from the survivors.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "row_scan.h"
+
+namespace tita::cpu {
+
+struct RowOutcome {
+  int32_t status = kStatusOk;
+  int64_t token = -1;
+  float z = -kInf;         // guided score of the token
+  float log_norm = -kInf;  // log of the filtered distribution's normaliser (over z)
+  float tau = -kInf;       // allowed = plausible and z >= tau
+  float floor = -kInf;     // plausible = base logit >= floor
+};
+
+// Did the scan keep every candidate the filters can need? (See row_scan.h: ids not buffered
+// had z < theta.) Fails only when the plausibility floor rose after candidates were dropped.
+inline bool buffer_sufficient(const RowConfig& c, const RangeState& st, float zmax) {
+  if (st.theta <= zmax - kWindow) return true;
+  if (c.top_k > 0) {
+    int64_t above = 0;
+    for (const Candidate& x : st.cands) above += x.z >= st.theta;
+    if (above >= c.top_k) return true;
+  }
+  return c.log_min_p != -kInf && c.top_p >= 1.0f && st.theta <= zmax + c.log_min_p;
+}
+
+// Smallest kept score of the nucleus: sorted by z descending, the value at the last position
+// whose exclusive cumulative mass is below `target` (ties at the cut all kept). Uses .e.
+inline float nucleus_cut(std::vector<Candidate>& v, double target) {
+  size_t lo = 0, hi = v.size();
+  double above = 0.0;  // mass of candidates known to rank before [lo, hi)
+  while (hi - lo > 32) {
+    // median of three as pivot, then a three-way partition: [> p][== p][< p]
+    const float a = v[lo].z, b = v[(lo + hi) / 2].z, c = v[hi - 1].z;
+    const float pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));
+    auto gt_end = std::partition(v.begin() + lo, v.begin() + hi, [&](const Candidate& x) { return x.z > pivot; });
+    auto eq_end = std::partition(gt_end, v.begin() + hi, [&](const Candidate& x) { return x.z == pivot; });
+    double gt_mass = 0.0, eq_mass = 0.0;
+    for (auto it = v.begin() + lo; it != gt_end; ++it) gt_mass += it->e;
+    for (auto it = gt_end; it != eq_end; ++it) eq_mass += it->e;
+    if (above + gt_mass >= target) {
+      hi = static_cast<size_t>(gt_end - v.begin());
+    } else if (above + gt_mass + eq_mass >= target) {
+      return pivot;
+    } else {
+      above += gt_mass + eq_mass;
+      lo = static_cast<size_t>(eq_end - v.begin());
+    }
+  }
+  std::sort(v.begin() + lo, v.begin() + hi, [](const Candidate& x, const Candidate& y) { return x.z > y.z; });
+  for (size_t j = lo; j < hi; ++j) {
+    above += v[j].e;
+    if (above >= target) return v[j].z;
+  }
+  return hi > lo ? v[hi - 1].z : -kInf;
+}
+
+template <typename Pred>
+inline void keep_if(std::vector<Candidate>& v, Pred keep) {
+  v.erase(std::remove_if(v.begin(), v.end(), [&](const Candidate& x) { return !keep(x); }), v.end());
+}
+
+// Apply the filters to a sufficient buffer; returns false when the row must be scanned again
+// with its plausibility floor known.
+inline bool finish_sparse(const RowConfig& c, const NoiseAddress& noise, RangeState& st, bool choose,
+                          RowOutcome& out) {
+  auto& v = st.cands;
+  if (c.log_floor != -kInf) {
+    out.floor = st.base_max + c.log_floor;
+    keep_if(v, [&](const Candidate& x) { return x.b >= out.floor; });
+  }
+  float zmax = -kInf;
+  for (const Candidate& x : v) zmax = std::max(zmax, x.z);
+  if (!buffer_sufficient(c, st, zmax)) return false;
+  if (v.empty()) {
+    out.status = kStatusNoFinite;
+    return true;
+  }
+  if (c.top_k > 0 && static_cast<int64_t>(v.size()) > c.top_k) {
+    std::nth_element(v.begin(), v.begin() + (c.top_k - 1), v.end(),
+                     [](const Candidate& a, const Candidate& b) { return a.z > b.z; });
+    out.tau = v[c.top_k - 1].z;
+    keep_if(v, [&](const Candidate& x) { return x.z >= out.tau; });
+  }
+  double total = 0.0;
+  for (Candidate& x : v) {
+    x.e = sexp(x.z - zmax);
+    total += x.e;
+  }
+  if (c.top_p < 1.0f) {
+    const float cut = nucleus_cut(v, static_cast<double>(c.top_p) * total);
+    out.tau = std::max(out.tau, cut);
+  }
+  if (c.log_min_p != -kInf) out.tau = std::max(out.tau, zmax + c.log_min_p);
+  keep_if(v, [&](const Candidate& x) { return x.z >= out.tau; });
+  double norm = 0.0;
+  for (const Candidate& x : v) norm += x.e;
+  out.log_norm = zmax + static_cast<float>(std::log(norm));
+  if (!choose) return true;
+
+  float best_key = -kInf;
+  for (const Candidate& x : v) {
+    if (!c.greedy && x.z + kGumbelMax < best_key) continue;
+    const float key = c.greedy ? x.z : x.z + gumbel_at(noise, x.id);
+    if (key > best_key || (key == best_key && x.id < out.token)) {
+      best_key = key;
+      out.token = x.id;
+      out.z = x.z;
+    }
+  }
+  return true;
+}
+
+}  // namespace tita::cpu

@@ -1,0 +1,316 @@
+// CPU implementations of tita::guided_sample and tita::guided_logprobs.
+//
+// Work is split into (row, vocabulary slice) items so that a small batch still uses every
+// thread; each item is one streaming scan (row_scan.h); slices of a row are merged and the row
+// finished (candidates.h). No input is read twice except the rare rescan of a row whose
+// plausibility floor rose after candidates had been dropped.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../common/op_checks.h"
+#include "candidates.h"
+
+namespace tita::cpu {
+namespace {
+
+enum class Dtype { kF32, kF16, kBF16 };
+
+struct RowView {
+  const void* ptr = nullptr;
+  Dtype dtype = Dtype::kF32;
+  int64_t stride = 1;  // along the vocabulary
+};
+
+struct Row {
+  RowView base, reward, ref;  // ref.ptr == nullptr: no reference logits
+};
+
+Dtype dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return Dtype::kF16;
+    case at::kBFloat16: return Dtype::kBF16;
+    default: return Dtype::kF32;
+  }
+}
+
+RowView row_view(const at::Tensor& t, int64_t row) {
+  const auto offset = row * t.stride(0) * static_cast<int64_t>(t.element_size());
+  return RowView{static_cast<const char*>(t.const_data_ptr()) + offset, dtype_of(t), t.stride(1)};
+}
+
+Row row_of(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref, int64_t row) {
+  return Row{row_view(base, row), row_view(reward, row), ref.has_value() ? row_view(*ref, row) : RowView{}};
+}
+
+template <typename T>
+TITA_INLINE void load_typed(const RowView& v, int64_t id0, int64_t n, float* dst) {
+  const T* src = static_cast<const T*>(v.ptr) + id0 * v.stride;
+  if (v.stride == 1) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j * v.stride]);
+  }
+}
+
+// ids [id0, id0 + n) of one input as fp32, non-finite -> -inf, padded with -inf to whole vectors.
+TITA_INLINE void load_clean(const RowView& v, int64_t id0, int64_t n, float* dst) {
+  switch (v.dtype) {
+    case Dtype::kF32: load_typed<float>(v, id0, n, dst); break;
+    case Dtype::kF16: load_typed<c10::Half>(v, id0, n, dst); break;
+    case Dtype::kBF16: load_typed<c10::BFloat16>(v, id0, n, dst); break;
+  }
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
+  for (int64_t j = n; j < padded; ++j) dst[j] = -kInf;
+  for (int64_t i = 0; i < padded; i += kLanes) vstore(dst + i, finite_or_neg_inf(vload(dst + i)));
+}
+
+float load_one(const RowView& v, int64_t id) {
+  float x;
+  switch (v.dtype) {
+    case Dtype::kF16: x = static_cast<float>(static_cast<const c10::Half*>(v.ptr)[id * v.stride]); break;
+    case Dtype::kBF16: x = static_cast<float>(static_cast<const c10::BFloat16*>(v.ptr)[id * v.stride]); break;
+    default: x = static_cast<const float*>(v.ptr)[id * v.stride];
+  }
+  return std::isfinite(x) ? x : -kInf;
+}
+
+// The streaming scan of ids [v0, v1) of one row; compiled per instruction set (simd.h).
+TITA_CPU_CLONES void scan_range(const Row& in, const ScanTask& task, int64_t v0, int64_t v1, RangeState& st) {
+  alignas(64) float b[kChunk], r[kChunk], f[kChunk], z[kChunk];
+  const RowConfig& c = task.config;
+  const bool use_floor = c.log_floor != -kInf;
+  for (int64_t id0 = v0; id0 < v1; id0 += kChunk) {
+    const int64_t len = std::min<int64_t>(kChunk, v1 - id0);
+    const int n = static_cast<int>((len + kLanes - 1) / kLanes * kLanes);
+    load_clean(in.base, id0, len, b);
+    load_clean(in.reward, id0, len, r);
+    st.reward.merge(chunk_lse(r, n));
+    const float* fp = b;
+    if (in.ref.ptr != nullptr) {
+      load_clean(in.ref, id0, len, f);
+      fp = f;
+      if (use_floor) st.base_max = std::max(st.base_max, chunk_max(b, n));
+    }
+    const OnlineLse ref_chunk = chunk_lse(fp, n);
+    st.ref.merge(ref_chunk);
+    if (in.ref.ptr == nullptr) st.base_max = std::max(st.base_max, ref_chunk.max);
+
+    const float floor_now = use_floor ? std::max(task.known_floor, st.base_max + c.log_floor) : -kInf;
+    combine_chunk(c, b, r, fp, n, floor_now, z);
+    if (task.z_out != nullptr) std::memcpy(task.z_out + id0, z, len * sizeof(float));
+    if (task.dense) {
+      dense_chunk(c, task.noise, z, n, id0, st);
+    } else {
+      sparse_chunk(c, z, b, n, id0, st);
+    }
+  }
+}
+
+// Rewrites z (ids [v0, v1)) in place as log-probabilities of the filtered distribution.
+TITA_CPU_CLONES void write_logprobs(const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out) {
+  alignas(64) float b[kChunk];
+  for (int64_t id0 = v0; id0 < v1; id0 += kChunk) {
+    const int64_t len = std::min<int64_t>(kChunk, v1 - id0);
+    if (o.floor != -kInf) load_clean(in.base, id0, len, b);
+    for (int64_t j = 0; j < len; ++j) {
+      const float z = out[id0 + j];
+      const bool allowed = z >= o.tau && z != -kInf && (o.floor == -kInf || b[j] >= o.floor);
+      out[id0 + j] = allowed ? z - o.log_norm : -kInf;
+    }
+  }
+}
+
+constexpr int64_t kMinSliceIds = 8192;
+
+// How many vocabulary slices each row is cut into so that every thread has work.
+int64_t slices_per_row(int64_t batch, int64_t vocab) {
+  const int64_t threads = at::get_num_threads();
+  if (batch >= threads) return 1;
+  return std::max<int64_t>(1, std::min((threads + batch - 1) / batch, vocab / kMinSliceIds));
+}
+
+struct Plan {
+  int64_t batch, vocab, slices;
+  std::vector<ScanTask> tasks;  // per row
+  std::vector<Row> rows;
+
+  std::pair<int64_t, int64_t> slice(int64_t s) const {
+    const int64_t per = (vocab + slices - 1) / slices;
+    return {std::min(vocab, s * per), std::min(vocab, (s + 1) * per)};
+  }
+
+  // Scan every (row, slice), merge the slices of each row, finish each row.
+  void run(bool choose, std::vector<RowOutcome>& outcomes, std::vector<RangeState>& merged) {
+    std::vector<RangeState> parts(batch * slices);
+    at::parallel_for(0, batch * slices, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t row = item / slices;
+        if (!tasks[row].config.valid) continue;
+        const auto [v0, v1] = slice(item % slices);
+        scan_range(rows[row], tasks[row], v0, v1, parts[item]);
+      }
+    });
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        RowOutcome& o = outcomes[row];
+        if (!tasks[row].config.valid) {
+          o.status = kStatusBadParam;
+          continue;
+        }
+        RangeState& st = merged[row];
+        st = std::move(parts[row * slices]);
+        for (int64_t s = 1; s < slices; ++s) st.merge(parts[row * slices + s]);
+        finish_row(row, choose, st, o);
+      }
+    });
+  }
+
+  void finish_row(int64_t row, bool choose, RangeState& st, RowOutcome& o) {
+    const ScanTask& task = tasks[row];
+    if (task.dense) {
+      o.log_norm = st.guided.value();
+      o.token = st.best_id;
+      o.z = st.best_z;
+      if (st.guided.max == -kInf) o.status = kStatusNoFinite;
+      return;
+    }
+    if (finish_sparse(task.config, task.noise, st, choose, o)) return;
+    // The plausibility floor rose after candidates were dropped: scan again knowing it.
+    ScanTask again = task;
+    again.known_floor = st.base_max + task.config.log_floor;
+    RangeState fresh;
+    scan_range(rows[row], again, 0, vocab, fresh);
+    fresh.base_max = st.base_max;
+    st = std::move(fresh);
+    o = RowOutcome{};
+    TORCH_CHECK(finish_sparse(task.config, task.noise, st, choose, o), "tita: internal error: rescan insufficient");
+  }
+};
+
+Plan make_plan(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
+               const SamplingParams& params, int64_t vocab, const at::Tensor* seed, const at::Tensor* offset,
+               float* z_out) {
+  Plan plan;
+  plan.batch = base.size(0);
+  plan.vocab = vocab;
+  plan.slices = slices_per_row(plan.batch, vocab);
+  plan.tasks.resize(plan.batch);
+  plan.rows.resize(plan.batch);
+  const bool seed_per_row = seed != nullptr && per_row_seed(*seed, plan.batch);
+  for (int64_t row = 0; row < plan.batch; ++row) {
+    ScanTask& t = plan.tasks[row];
+    t.config = make_row_config(params, row, vocab, ref.has_value());
+    t.dense = t.config.dense();
+    t.known_floor = -kInf;
+    t.z_out = z_out == nullptr ? nullptr : z_out + row * base.size(1);
+    if (seed != nullptr) {
+      const int64_t* s = seed->const_data_ptr<int64_t>();
+      const int64_t* o = offset->const_data_ptr<int64_t>();
+      t.noise = NoiseAddress{static_cast<uint64_t>(s[seed->numel() == 1 ? 0 : row]),
+                             static_cast<uint64_t>(o[offset->numel() == 1 ? 0 : row]),
+                             static_cast<uint32_t>(seed_per_row ? 0 : row)};
+    }
+    plan.rows[row] = row_of(base, reward, ref, row);
+  }
+  return plan;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cpu(
+    const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref, double alpha,
+    const c10::optional<at::Tensor>& alpha_rows, double temperature, const c10::optional<at::Tensor>& temperature_rows,
+    int64_t top_k, const c10::optional<at::Tensor>& top_k_rows, double top_p,
+    const c10::optional<at::Tensor>& top_p_rows, double min_p, const c10::optional<at::Tensor>& min_p_rows,
+    double plausibility, const c10::optional<at::Tensor>& plausibility_rows, const at::Tensor& seed,
+    const at::Tensor& offset, int64_t vocab_size) {
+  const int64_t vocab = check_inputs(base, reward, ref, vocab_size);
+  check_seed(seed, "seed", base);
+  check_seed(offset, "offset", base);
+  const SamplingParams params = sampling_params(base, alpha, alpha_rows, temperature, temperature_rows, top_k,
+                                                top_k_rows, top_p, top_p_rows, min_p, min_p_rows, plausibility,
+                                                plausibility_rows);
+  const int64_t batch = base.size(0);
+  const auto opts = base.options();
+  at::Tensor tokens = at::empty({batch}, opts.dtype(at::kLong));
+  at::Tensor logprob = at::empty({batch}, opts.dtype(at::kFloat));
+  at::Tensor token_reward = at::empty({batch}, opts.dtype(at::kFloat));
+  at::Tensor status = at::empty({batch}, opts.dtype(at::kInt));
+  if (batch == 0) return {tokens, logprob, token_reward, status};
+
+  Plan plan = make_plan(base, reward, ref, params, vocab, &seed, &offset, nullptr);
+  std::vector<RowOutcome> outcomes(batch);
+  std::vector<RangeState> merged(batch);
+  plan.run(/*choose=*/true, outcomes, merged);
+
+  auto* tok = tokens.data_ptr<int64_t>();
+  auto* lp = logprob.data_ptr<float>();
+  auto* rw = token_reward.data_ptr<float>();
+  auto* stt = status.data_ptr<int32_t>();
+  for (int64_t row = 0; row < batch; ++row) {
+    const RowOutcome& o = outcomes[row];
+    const bool ok = o.status == kStatusOk && o.token >= 0;
+    stt[row] = ok ? kStatusOk : (o.status == kStatusOk ? kStatusNoFinite : o.status);
+    tok[row] = ok ? o.token : -1;
+    if (!ok) {
+      lp[row] = rw[row] = NAN;
+      continue;
+    }
+    const Row& in = plan.rows[row];
+    const RangeState& st = merged[row];
+    const float r = load_one(in.reward, o.token);
+    const float f = load_one(in.ref.ptr != nullptr ? in.ref : in.base, o.token);
+    lp[row] = o.z - o.log_norm;
+    rw[row] = (r - st.reward.value()) - (f - st.ref.value());
+  }
+  return {tokens, logprob, token_reward, status};
+}
+
+at::Tensor guided_logprobs_cpu(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
+                               double alpha, const c10::optional<at::Tensor>& alpha_rows, double temperature,
+                               const c10::optional<at::Tensor>& temperature_rows, int64_t top_k,
+                               const c10::optional<at::Tensor>& top_k_rows, double top_p,
+                               const c10::optional<at::Tensor>& top_p_rows, double min_p,
+                               const c10::optional<at::Tensor>& min_p_rows, double plausibility,
+                               const c10::optional<at::Tensor>& plausibility_rows, int64_t vocab_size) {
+  const int64_t vocab = check_inputs(base, reward, ref, vocab_size);
+  const SamplingParams params = sampling_params(base, alpha, alpha_rows, temperature, temperature_rows, top_k,
+                                                top_k_rows, top_p, top_p_rows, min_p, min_p_rows, plausibility,
+                                                plausibility_rows);
+  const int64_t batch = base.size(0), width = base.size(1);
+  at::Tensor out = at::empty({batch, width}, base.options().dtype(at::kFloat));
+  if (batch == 0) return out;
+  float* data = out.data_ptr<float>();
+
+  Plan plan = make_plan(base, reward, ref, params, vocab, nullptr, nullptr, data);
+  std::vector<RowOutcome> outcomes(batch);
+  std::vector<RangeState> merged(batch);
+  plan.run(/*choose=*/false, outcomes, merged);
+
+  at::parallel_for(0, batch * plan.slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / plan.slices, s = item % plan.slices;
+      float* row_out = data + row * width;
+      const RowOutcome& o = outcomes[row];
+      const auto [v0, v1] = plan.slice(s);
+      if (o.status != kStatusOk) {
+        std::fill(row_out + v0, row_out + v1, NAN);
+      } else {
+        write_logprobs(plan.rows[row], o, v0, v1, row_out);
+      }
+      if (s == plan.slices - 1) std::fill(row_out + vocab, row_out + width, o.status == kStatusOk ? -kInf : NAN);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tita, CPU, m) {
+  m.impl("guided_sample", &guided_sample_cpu);
+  m.impl("guided_logprobs", &guided_logprobs_cpu);
+}
+
+}  // namespace tita::cpu

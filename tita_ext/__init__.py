@@ -1,0 +1,20 @@
+"""tita_ext: token-level inference-time alignment (TITA) with fused guided-sampling kernels.
+
+    s_i = log p_base(i) + alpha * (log p_reward(i) - log p_ref(i))
+
+See `guided_sample` and `guided_logprobs` (tita_ext.ops) and DESIGN.md.
+"""
+
+from .contract import STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, GuidedSampleOutput
+from .ops import compiled_available, guided_logprobs, guided_sample
+
+__all__ = [
+    "guided_sample",
+    "guided_logprobs",
+    "GuidedSampleOutput",
+    "compiled_available",
+    "STATUS_OK",
+    "STATUS_NO_FINITE",
+    "STATUS_BAD_PARAM",
+]
+__version__ = "0.1.0"
