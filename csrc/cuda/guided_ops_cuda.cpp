@@ -1,0 +1,131 @@
+// CUDA host launchers of tita::guided_sample and tita::guided_logprobs: the same checks as the
+// CPU kernels (op_checks.h), CUDA tensors only, a device guard, outputs allocated through the
+// caching allocator on the logits' device, and an asynchronous launch on the current stream
+// (launch.h; the kernels live in the .cu files). Nothing here synchronises with the host.
+//
+// c10/cuda headers only (not ATen/cuda/CUDAContext.h, which wants the cuBLAS/cuSPARSE/cuSOLVER
+// headers): the file then also compiles against the CPU build of torch (DESIGN §6).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../common/op_checks.h"
+#include "launch.h"
+
+namespace tita::cuda {
+namespace {
+
+DType dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return DType::kF16;
+    case at::kBFloat16: return DType::kBF16;
+    default: return DType::kF32;  // check_logits admits float32, float16 and bfloat16 only
+  }
+}
+
+LogitsView logits_view(const at::Tensor& t) {
+  return LogitsView{t.const_data_ptr(), dtype_code(t), t.stride(0), t.stride(1), t.size(1)};
+}
+
+void check_cuda(const at::Tensor& base, const char* op) {
+  TORCH_CHECK(base.is_cuda(), "tita::", op, " (CUDA kernel): base_logits must be a CUDA tensor, got ",
+              base.device());
+}
+
+// A kernel's launch status: cudaErrorNotSupported means the kernel is not built yet.
+void check_launch(cudaError_t status, const char* op) {
+  if (status == cudaErrorNotSupported) {
+    TORCH_CHECK(false, "tita: the CUDA kernel for ", op,
+                " is not built yet (it lands with the CUDA kernel issue); call tita_ext.", op,
+                "(..., backend='reference') or use CPU tensors");
+  }
+  C10_CUDA_CHECK(status);
+}
+
+GuidedInputs guided_inputs(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
+                           int64_t vocab, const SamplingParams& params) {
+  GuidedInputs in;
+  in.base = logits_view(base);
+  in.reward = logits_view(reward);
+  if (ref.has_value()) in.ref = logits_view(*ref);
+  in.batch = base.size(0);
+  in.vocab = vocab;
+  in.params = params;
+  return in;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cuda(
+    const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref, double alpha,
+    const c10::optional<at::Tensor>& alpha_rows, double temperature, const c10::optional<at::Tensor>& temperature_rows,
+    int64_t top_k, const c10::optional<at::Tensor>& top_k_rows, double top_p,
+    const c10::optional<at::Tensor>& top_p_rows, double min_p, const c10::optional<at::Tensor>& min_p_rows,
+    double plausibility, const c10::optional<at::Tensor>& plausibility_rows, const at::Tensor& seed,
+    const at::Tensor& offset, int64_t vocab_size) {
+  check_cuda(base, "guided_sample");
+  const int64_t vocab = check_inputs(base, reward, ref, vocab_size);
+  check_seed(seed, "seed", base);
+  check_seed(offset, "offset", base);
+  const SamplingParams params = sampling_params(base, alpha, alpha_rows, temperature, temperature_rows, top_k,
+                                                top_k_rows, top_p, top_p_rows, min_p, min_p_rows, plausibility,
+                                                plausibility_rows);
+  const c10::cuda::CUDAGuard guard(base.device());
+  const int64_t batch = base.size(0);
+  const auto opts = base.options();
+  at::Tensor tokens = at::empty({batch}, opts.dtype(at::kLong));
+  at::Tensor logprob = at::empty({batch}, opts.dtype(at::kFloat));
+  at::Tensor token_reward = at::empty({batch}, opts.dtype(at::kFloat));
+  at::Tensor status = at::empty({batch}, opts.dtype(at::kInt));
+  if (batch == 0) return {tokens, logprob, token_reward, status};
+
+  SampleArgs args;
+  args.in = guided_inputs(base, reward, ref, vocab, params);
+  args.noise = NoiseSource{seed.const_data_ptr<int64_t>(), seed.numel(), offset.const_data_ptr<int64_t>(),
+                           offset.numel(), per_row_seed(seed, batch)};
+  args.tokens = tokens.data_ptr<int64_t>();
+  args.logprob = logprob.data_ptr<float>();
+  args.token_reward = token_reward.data_ptr<float>();
+  args.status = status.data_ptr<int32_t>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(base.device().index()).stream();
+  check_launch(launch_guided_sample(args, stream), "guided_sample");
+  return {tokens, logprob, token_reward, status};
+}
+
+at::Tensor guided_logprobs_cuda(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
+                                double alpha, const c10::optional<at::Tensor>& alpha_rows, double temperature,
+                                const c10::optional<at::Tensor>& temperature_rows, int64_t top_k,
+                                const c10::optional<at::Tensor>& top_k_rows, double top_p,
+                                const c10::optional<at::Tensor>& top_p_rows, double min_p,
+                                const c10::optional<at::Tensor>& min_p_rows, double plausibility,
+                                const c10::optional<at::Tensor>& plausibility_rows, int64_t vocab_size) {
+  check_cuda(base, "guided_logprobs");
+  const int64_t vocab = check_inputs(base, reward, ref, vocab_size);
+  const SamplingParams params = sampling_params(base, alpha, alpha_rows, temperature, temperature_rows, top_k,
+                                                top_k_rows, top_p, top_p_rows, min_p, min_p_rows, plausibility,
+                                                plausibility_rows);
+  const c10::cuda::CUDAGuard guard(base.device());
+  const int64_t batch = base.size(0), width = base.size(1);
+  at::Tensor out = at::empty({batch, width}, base.options().dtype(at::kFloat));
+  if (batch == 0) return out;
+
+  LogprobsArgs args;
+  args.in = guided_inputs(base, reward, ref, vocab, params);
+  args.out = out.data_ptr<float>();
+  args.out_width = width;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(base.device().index()).stream();
+  check_launch(launch_guided_logprobs(args, stream), "guided_logprobs");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tita, CUDA, m) {
+  m.impl("guided_sample", &guided_sample_cuda);
+  m.impl("guided_logprobs", &guided_logprobs_cuda);
+}
+
+}  // namespace tita::cuda
