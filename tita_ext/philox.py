@@ -58,12 +58,13 @@ def random_bits(seed: torch.Tensor, offset: torch.Tensor, row: torch.Tensor, voc
 
     seed, offset, row: int64 [B, 1]. Returns int64 [B, vocab].
     """
-    groups = torch.arange((vocab + 3) // 4, device=seed.device, dtype=torch.int64)[None, :]
+    n_groups = (vocab + 3) // 4
+    groups = torch.arange(n_groups, device=seed.device, dtype=torch.int64)[None, :]
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     c2, c3 = offset & _MASK32, (offset >> 32) & _MASK32
     zero = torch.zeros_like(groups)
     words = philox4x32(groups, row + zero, c2 + zero, c3 + zero, k0, k1)
-    return torch.stack(words, dim=-1).reshape(seed.shape[0], -1)[:, :vocab]
+    return torch.stack(words, dim=-1).reshape(seed.shape[0], 4 * n_groups)[:, :vocab]
 
 
 def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,48 @@
+"""Shared parameter tuples, input factories and helpers for the op tests (Liger-Kernel style)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tita_ext
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ALPHAS = (0.0, 0.6, 1.0, 1.5)
+# (batch, base width, reward width): odd, Llama, Qwen sizes and LLaVA's padded 32064 vs 32000.
+SHAPES = (
+    (1, 1271, 1271), (3, 1271, 1271), (64, 1271, 1271),
+    (1, 32000, 32000), (3, 32000, 32000), (64, 32000, 32000),
+    (1, 151936, 151936), (3, 151936, 151936), (64, 151936, 151936),
+    (3, 32064, 32000),
+)
+# Sampling modes of the grid: keyword arguments of guided_sample.
+MODES = {
+    "greedy": dict(temperature=0.0),
+    "temperature": dict(temperature=0.7),
+    "top_k": dict(temperature=0.9, top_k=20),
+    "top_p": dict(temperature=0.8, top_p=0.9),
+    "min_p": dict(temperature=1.0, min_p=0.05),
+    "plausibility": dict(temperature=0.9, plausibility=0.1),
+}
+
+# The kernels compute in fp32 from exactly converted inputs, like the reference, so the only
+# differences are fp32 rounding (their own exp/log and summation order): a fixed fp32 bound.
+LOGPROB_ATOL = 2e-4
+PROB_ATOL = 2e-6
+
+needs_compiled = pytest.mark.skipif(not tita_ext.compiled_available("cpu"), reason="tita_ext._C is not built")
+
+
+def llm_logits(batch: int, width: int, dtype: torch.dtype, seed: int, spread: float = 2.5) -> torch.Tensor:
+    """Logits shaped like a language model's: a broad normal body plus a few strong peaks per row."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, width, generator=g) * spread
+    peaks = torch.randint(0, width, (batch, 4), generator=g)
+    x.scatter_add_(1, peaks, torch.rand(batch, 4, generator=g) * 12 + 4)
+    return x.to(dtype)
+
+
+def per_row(values, batch: int, dtype=torch.float32) -> torch.Tensor:
+    """A per-row parameter tensor cycling through `values`."""
+    return torch.tensor([values[i % len(values)] for i in range(batch)], dtype=dtype)

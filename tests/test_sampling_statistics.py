@@ -1,0 +1,66 @@
+"""Statistical tests of the sampler: many draws from one row follow the reference distribution.
+
+Test: Pearson chi-square goodness of fit of N = 40,000 draws (one row, offsets 0..N-1) against
+the probabilities exp(guided_logprobs) of the reference, over the allowed tokens (expected
+counts >= 5; the rest pooled). The null hypothesis is rejected at p < 1e-4, so a correct
+sampler fails this test about once in 10,000 runs; the draws are seeded, so the outcome is fixed.
+No draw may fall outside the allowed (top-k / top-p) support.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+import tita_ext
+from conftest import llm_logits, needs_compiled
+
+DRAWS = 40_000
+P_VALUE_FLOOR = 1e-4
+
+
+def _draws(base, reward, backend, **kwargs) -> torch.Tensor:
+    """DRAWS tokens from one row: the row repeated with per-row offsets 0..N-1 and one seed."""
+    rows_b, rows_r = base.expand(DRAWS, -1), reward.expand(DRAWS, -1)
+    offsets = torch.arange(DRAWS, dtype=torch.int64)
+    seed = torch.full((DRAWS,), 1234, dtype=torch.int64)  # per-row seed: the row address is 0 for all
+    return tita_ext.guided_sample(rows_b, rows_r, seed=seed, offset=offsets, backend=backend, **kwargs).tokens
+
+
+@pytest.mark.parametrize("backend", [pytest.param("compiled", marks=needs_compiled), "reference"])
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=1.0),
+    dict(temperature=0.7, top_k=12),
+    dict(temperature=1.3, top_p=0.8),
+    dict(temperature=1.0, min_p=0.05, alpha=1.5),
+    dict(temperature=0.8, plausibility=0.05, alpha=1.0),
+], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_draws_follow_the_guided_distribution(backend, kwargs):
+    base = llm_logits(1, 300, torch.float32, seed=21, spread=1.5)
+    reward = llm_logits(1, 300, torch.float32, seed=22, spread=1.5)
+    probs = tita_ext.guided_logprobs(base, reward, backend="reference", **kwargs)[0].double().exp()
+    tokens = _draws(base, reward, backend, **kwargs)
+
+    allowed = probs > 0
+    assert allowed[tokens].all(), "a draw left the allowed support"
+    counts = torch.bincount(tokens, minlength=probs.numel()).double()
+    expected = probs * DRAWS
+    big = expected >= 5
+    observed_bins = torch.cat([counts[big], counts[allowed & ~big].sum().reshape(1)])
+    expected_bins = torch.cat([expected[big], expected[allowed & ~big].sum().reshape(1)])
+    keep = expected_bins > 0
+    _, p_value = stats.chisquare(observed_bins[keep].numpy(), expected_bins[keep].numpy())
+    assert p_value > P_VALUE_FLOOR, f"chi-square p = {p_value:.2e} over {int(keep.sum())} bins"
+
+
+@needs_compiled
+def test_top_k_top_p_support_is_never_left():
+    base = llm_logits(1, 5000, torch.float32, seed=23)
+    reward = llm_logits(1, 5000, torch.float32, seed=24)
+    kwargs = dict(temperature=1.5, top_k=40, top_p=0.7)
+    support = tita_ext.guided_logprobs(base, reward, backend="reference", **kwargs)[0] > float("-inf")
+    assert 1 < int(support.sum()) <= 40
+    tokens = _draws(base, reward, "compiled", **kwargs)
+    assert support[tokens].all()
+    assert torch.unique(tokens).numel() == int(support.sum())  # and every allowed token does occur
