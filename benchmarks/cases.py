@@ -1,0 +1,56 @@
+"""The CPU op benchmark grid and its inputs, shared by test_ops_cpu.py and run_ops_cpu.py.
+
+Grid: B in {1, 8, 64} x V in {32000, 32064, 151936} (LLaMA/LLaVA and Qwen2 vocabularies),
+modes greedy / sample / topk_topp, fp32. Quick mode (CI smoke run): B in {1, 8} x V = 32000,
+and torch.compile only at one point (each compilation costs 20-30 s on the 2-core machine).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+MODES = ("greedy", "sample", "topk_topp")
+IMPLS = ("tita", "eager", "compile", "logsumexp")
+FULL_SHAPES = tuple((b, v) for b in (1, 8, 64) for v in (32000, 32064, 151936))
+QUICK_SHAPES = ((1, 32000), (8, 32000))
+QUICK_COMPILE_POINT = (1, 32000, "topk_topp")
+HEADLINE_SHAPES = ((8, 32000), (64, 151936))  # the acceptance points (topk_topp)
+
+
+def quick_from_env() -> bool:
+    """True when TITA_BENCH_QUICK=1 (the CI smoke run)."""
+    return os.environ.get("TITA_BENCH_QUICK", "0") not in ("", "0")
+
+
+def shapes(quick: bool) -> tuple[tuple[int, int], ...]:
+    """(batch, vocab) points of the grid."""
+    return QUICK_SHAPES if quick else FULL_SHAPES
+
+
+def wanted(impl: str, batch: int, vocab: int, mode: str, quick: bool) -> bool:
+    """Whether a grid point is measured: everything, except torch.compile off its quick point."""
+    return not (quick and impl == "compile" and (batch, vocab, mode) != QUICK_COMPILE_POINT)
+
+
+@functools.lru_cache(maxsize=2)
+def logits(batch: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, reward) fp32 [batch, vocab]: a plausible LLM spread, created once per shape.
+
+    randn * 2 plus a handful of strong peaks per row (what a confident model emits); the reward
+    model roughly agrees with the base (it is trained to approximate it) and adds its own noise.
+    Seeded from the shape, so every run and every implementation sees the same numbers.
+    """
+    gen = torch.Generator().manual_seed(batch * 1_000_003 + vocab)
+    base = torch.randn(batch, vocab, generator=gen) * 2.0
+    peaks = torch.randint(0, vocab, (batch, 8), generator=gen)
+    base.scatter_add_(1, peaks, 8.0 + 4.0 * torch.rand(batch, 8, generator=gen))
+    reward = 0.8 * base + 1.2 * torch.randn(batch, vocab, generator=gen)
+    return base.contiguous(), reward.contiguous()
+
+
+def seed_tensor(value: int = 1234) -> torch.Tensor:
+    """The int64 [1] seed every implementation is given (a tensor, as a graph-safe caller passes)."""
+    return torch.tensor([value], dtype=torch.int64)
