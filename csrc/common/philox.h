@@ -33,22 +33,50 @@ constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 // z + kGumbelMax below the best key so far can never win the race, so its noise is skipped.
 constexpr float kGumbelMax = 16.7f;
 
-struct Philox4 {
-  uint32_t x[4];
+// Per-lane-type operations. Specialised for float here and for SIMD vectors in csrc/cpu/simd.h,
+// so that one definition of Philox and of plog serves scalar (CPU, CUDA) and vector code alike.
+template <typename F>
+struct LaneOps;
+
+template <>
+struct LaneOps<float> {
+  using U = uint32_t;
+  using I = int32_t;
+  static TITA_HD float splat(float x) { return x; }
+  static TITA_HD U splat_u(uint32_t x) { return x; }
+  static TITA_HD U bits(float f) {
+    U u;
+    memcpy(&u, &f, sizeof(u));
+    return u;
+  }
+  static TITA_HD float from_bits(U u) {
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+  static TITA_HD I to_int(U u) { return static_cast<I>(u); }
+  static TITA_HD float to_float(I i) { return static_cast<float>(i); }
+  static TITA_HD float u_to_float(U u) { return static_cast<float>(u); }
+  static TITA_HD float select(bool c, float a, float b) { return c ? a : b; }
+  static TITA_HD I select(bool c, I a, I b) { return c ? a : b; }
+  static TITA_HD U mulhi(U a, uint32_t b) { return static_cast<U>((static_cast<uint64_t>(a) * b) >> 32); }
 };
 
-TITA_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
-}
+template <typename U>
+struct Philox4 {
+  U x[4];
+};
 
-// Philox4x32-10 (Salmon et al., SC'11). Counter (c0..c3), key (k0, k1).
-TITA_HD Philox4 philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+// Philox4x32-10 (Salmon et al., SC'11). Counter (c0..c3), key (k0, k1); U is uint32_t or a vector.
+template <typename F, typename U = typename LaneOps<F>::U>
+TITA_HD Philox4<U> philox4x32(U c0, U c1, U c2, U c3, U k0, U k1) {
+  using L = LaneOps<F>;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    const uint32_t hi0 = mulhi32(kPhiloxM0, c0), lo0 = kPhiloxM0 * c0;
-    const uint32_t hi1 = mulhi32(kPhiloxM1, c2), lo1 = kPhiloxM1 * c2;
+    const U hi0 = L::mulhi(c0, kPhiloxM0), lo0 = c0 * kPhiloxM0;
+    const U hi1 = L::mulhi(c2, kPhiloxM1), lo1 = c2 * kPhiloxM1;
     c0 = hi1 ^ c1 ^ k0;
     c1 = lo1;
     c2 = hi0 ^ c3 ^ k1;
@@ -56,40 +84,31 @@ TITA_HD Philox4 philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, u
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
-  return Philox4{{c0, c1, c2, c3}};
-}
-
-TITA_HD float bits_as_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-TITA_HD uint32_t float_as_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof(u));
-  return u;
+  return Philox4<U>{{c0, c1, c2, c3}};
 }
 
 // Uniform in [2^-24, 1 - 2^-24], exact in fp32.
-TITA_HD float uniform_from_bits(uint32_t bits) {
-  return static_cast<float>((bits >> 9) * 2u + 1u) * 5.9604644775390625e-08f;  // 2^-24
+template <typename F, typename U = typename LaneOps<F>::U>
+TITA_HD F uniform_from_bits(U bits) {
+  return LaneOps<F>::u_to_float((bits >> 9) * 2u + 1u) * 5.9604644775390625e-08f;  // 2^-24
 }
 
 // Portable natural log for x > 0 (clamped to the smallest normal): frexp by bit casts and a
 // minimax polynomial for log(1 + f); ~1 ulp. Same steps, same order as philox.plog.
-TITA_HD float plog(float x) {
-  x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
-  const uint32_t bits = float_as_bits(x);
-  int e = static_cast<int>((bits >> 23) & 0xFFu) - 126;
-  float m = bits_as_float((bits & 0x007FFFFFu) | 0x3F000000u);
-  if (m < 0.70710678118654752440f) {
-    e -= 1;
-    m = TITA_ADD(m, m);
-  }
-  const float f = m - 1.0f;
-  const float f2 = TITA_MUL(f, f);
-  float p = 7.0376836292e-2f;
+template <typename F>
+TITA_HD F plog(F x) {
+  using L = LaneOps<F>;
+  const F tiny = L::splat(1.17549435e-38f);
+  x = L::select(x < tiny, tiny, x);
+  const auto bits = L::bits(x);
+  auto e = L::to_int((bits >> 23) & 0xFFu) - 126;
+  F m = L::from_bits((bits & 0x007FFFFFu) | 0x3F000000u);
+  const auto small = m < L::splat(0.70710678118654752440f);
+  e = L::select(small, e - 1, e);
+  m = L::select(small, TITA_ADD(m, m), m);
+  const F f = m - 1.0f;
+  const F f2 = TITA_MUL(f, f);
+  F p = L::splat(7.0376836292e-2f);
   p = TITA_ADD(TITA_MUL(p, f), -1.1514610310e-1f);
   p = TITA_ADD(TITA_MUL(p, f), 1.1676998740e-1f);
   p = TITA_ADD(TITA_MUL(p, f), -1.2420140846e-1f);
@@ -98,15 +117,16 @@ TITA_HD float plog(float x) {
   p = TITA_ADD(TITA_MUL(p, f), 2.0000714765e-1f);
   p = TITA_ADD(TITA_MUL(p, f), -2.4999993993e-1f);
   p = TITA_ADD(TITA_MUL(p, f), 3.3333331174e-1f);
-  const float ef = static_cast<float>(e);
-  float y = TITA_MUL(TITA_MUL(f, f2), p);
+  const F ef = L::to_float(e);
+  F y = TITA_MUL(TITA_MUL(f, f2), p);
   y = TITA_ADD(y, TITA_MUL(ef, -2.12194440e-4f));
   y = y - TITA_MUL(f2, 0.5f);
   return TITA_ADD(TITA_ADD(f, y), TITA_MUL(ef, 0.693359375f));
 }
 
-TITA_HD float gumbel_from_bits(uint32_t bits) {
-  return -plog(-plog(uniform_from_bits(bits)));
+template <typename F, typename U = typename LaneOps<F>::U>
+TITA_HD F gumbel_from_bits(U bits) {
+  return -plog<F>(-plog<F>(uniform_from_bits<F>(bits)));
 }
 
 // Where one row's noise lives: key = seed, counter = (candidate / 4, row, offset).
@@ -118,10 +138,10 @@ struct NoiseAddress {
 
 // Gumbel noise of one candidate (ids 4g..4g+3 share one Philox call; see gumbel4 for batches).
 TITA_HD float gumbel_at(const NoiseAddress& a, int64_t candidate) {
-  const Philox4 r = philox4x32(static_cast<uint32_t>(candidate >> 2), a.row, static_cast<uint32_t>(a.offset),
-                               static_cast<uint32_t>(a.offset >> 32), static_cast<uint32_t>(a.seed),
-                               static_cast<uint32_t>(a.seed >> 32));
-  return gumbel_from_bits(r.x[candidate & 3]);
+  const Philox4<uint32_t> r = philox4x32<float>(
+      static_cast<uint32_t>(candidate >> 2), a.row, static_cast<uint32_t>(a.offset),
+      static_cast<uint32_t>(a.offset >> 32), static_cast<uint32_t>(a.seed), static_cast<uint32_t>(a.seed >> 32));
+  return gumbel_from_bits<float>(r.x[candidate & 3]);
 }
 
 }  // namespace tita

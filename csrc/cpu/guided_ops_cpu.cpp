@@ -58,6 +58,16 @@ TITA_INLINE void load_typed(const RowView& v, int64_t id0, int64_t n, float* dst
 
 // ids [id0, id0 + n) of one input as fp32, non-finite -> -inf, padded with -inf to whole vectors.
 TITA_INLINE void load_clean(const RowView& v, int64_t id0, int64_t n, float* dst) {
+  const int64_t whole = n / kLanes * kLanes;
+  if (v.dtype == Dtype::kF32 && v.stride == 1) {  // the common case: one vector pass, no copy loop
+    const float* src = static_cast<const float*>(v.ptr) + id0;
+    for (int64_t i = 0; i < whole; i += kLanes) vstore(dst + i, finite_or_neg_inf(vload(src + i)));
+    if (whole == n) return;
+    for (int64_t j = whole; j < n; ++j) dst[j] = src[j];
+    for (int64_t j = n; j < whole + kLanes; ++j) dst[j] = -kInf;
+    vstore(dst + whole, finite_or_neg_inf(vload(dst + whole)));
+    return;
+  }
   switch (v.dtype) {
     case Dtype::kF32: load_typed<float>(v, id0, n, dst); break;
     case Dtype::kF16: load_typed<c10::Half>(v, id0, n, dst); break;
@@ -101,9 +111,11 @@ TITA_CPU_CLONES void scan_range(const Row& in, const ScanTask& task, int64_t v0,
 
     const float floor_now = use_floor ? std::max(task.known_floor, st.base_max + c.log_floor) : -kInf;
     combine_chunk(c, b, r, fp, n, floor_now, z);
+    const int n_race = (n + kRaceBlock - 1) / kRaceBlock * kRaceBlock;  // whole race blocks of -inf padding
+    for (int j = n; j < n_race; ++j) z[j] = -kInf;
     if (task.z_out != nullptr) std::memcpy(task.z_out + id0, z, len * sizeof(float));
     if (task.dense) {
-      dense_chunk(c, task.noise, z, n, id0, st);
+      dense_chunk(c, task.noise, z, n_race, id0, st);
     } else {
       sparse_chunk(c, z, b, n, id0, st);
     }
@@ -138,8 +150,9 @@ struct Plan {
   std::vector<ScanTask> tasks;  // per row
   std::vector<Row> rows;
 
+  // Slices start at multiples of kChunk, so race blocks and Philox counters stay aligned.
   std::pair<int64_t, int64_t> slice(int64_t s) const {
-    const int64_t per = (vocab + slices - 1) / slices;
+    const int64_t per = ((vocab + slices - 1) / slices + kChunk - 1) / kChunk * kChunk;
     return {std::min(vocab, s * per), std::min(vocab, (s + 1) * per)};
   }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/contract.h"
+#include "lse.h"
 #include "simd.h"
 
 namespace tita::cpu {
@@ -62,32 +63,77 @@ struct RangeState {
 };
 
 // z = combine(b, r, f) * inv_t, non-finite -> -inf, ids surely below the plausibility floor -> -inf.
-// Same operations in the same order as reference._guided_scores (bitwise-equal z).
-TITA_INLINE void combine_chunk(const RowConfig& c, const float* b, const float* r, const float* f, int n,
-                               float floor_now, float* z) {
-  const vf alpha = vsplat(c.alpha), one_minus = vsplat(1.0f - c.alpha), inv_t = vsplat(c.inv_t);
+// Same operations in the same order as reference._guided_scores (bitwise-equal z). One loop per
+// form, so that each is a straight vector loop (a per-row choice inside it defeats GCC's lowering).
+template <typename Combine>
+TITA_INLINE void combine_loop(Combine combine, const RowConfig& c, const float* b, const float* r, const float* f,
+                              int n, float floor_now, float* z) {
+  const vf inv_t = vsplat(c.inv_t), neg_inf = vsplat(-kInf);
+  if (floor_now == -kInf) {
+    for (int i = 0; i < n; i += kLanes) {
+      vstore(z + i, finite_or_neg_inf(combine(vload(b + i), vload(r + i), vload(f + i))) * inv_t);
+    }
+    return;
+  }
   const vf floor = vsplat(floor_now);
   for (int i = 0; i < n; i += kLanes) {
-    const vf bv = vload(b + i), rv = vload(r + i);
-    vf s;
-    if (c.lerp) {
-      const vf d = rv - bv;
-      s = c.alpha < 0.5f ? bv + alpha * d : rv - d * one_minus;
-    } else {
-      s = bv + alpha * (rv - vload(f + i));
-    }
-    s = finite_or_neg_inf(s);
-    s = vselect(bv < floor, vsplat(-kInf), s);
+    const vf bv = vload(b + i);
+    const vf s = vselect(bv < floor, neg_inf, finite_or_neg_inf(combine(bv, vload(r + i), vload(f + i))));
     vstore(z + i, s * inv_t);
+  }
+}
+
+TITA_INLINE void combine_chunk(const RowConfig& c, const float* b, const float* r, const float* f, int n,
+                               float floor_now, float* z) {
+  const vf alpha = vsplat(c.alpha), one_minus = vsplat(1.0f - c.alpha);
+  if (!c.lerp) {
+    combine_loop([&](vf bv, vf rv, vf fv) { return bv + alpha * (rv - fv); }, c, b, r, f, n, floor_now, z);
+  } else if (c.alpha < 0.5f) {  // torch.lerp's two forms: exact at alpha = 0 and at alpha = 1
+    combine_loop([&](vf bv, vf rv, vf) { return bv + alpha * (rv - bv); }, c, b, r, f, n, floor_now, z);
+  } else {
+    combine_loop([&](vf bv, vf rv, vf) { return rv - (rv - bv) * one_minus; }, c, b, r, f, n, floor_now, z);
+  }
+}
+
+constexpr int kRaceBlock = 64;  // ids per vectorised Philox call: 16 counters x 4 words
+
+// Race the 64 ids [first_id, first_id + 64) (first_id % 4 == 0): one 16-lane Philox call gives
+// word w of counter first_id/4 + l for id first_id + 4l + w. Ties keep the lower id.
+TITA_INLINE void race_block(const NoiseAddress& a, const float* z, int64_t first_id, RangeState& st) {
+  using L = LaneOps<vf>;
+  vu lane;
+  for (int l = 0; l < kLanes; ++l) lane[l] = static_cast<uint32_t>(l);
+  const Philox4<vu> r = philox4x32<vf>(
+      L::splat_u(static_cast<uint32_t>(first_id >> 2)) + lane, L::splat_u(a.row),
+      L::splat_u(static_cast<uint32_t>(a.offset)), L::splat_u(static_cast<uint32_t>(a.offset >> 32)),
+      L::splat_u(static_cast<uint32_t>(a.seed)), L::splat_u(static_cast<uint32_t>(a.seed >> 32)));
+  alignas(64) float noise[kRaceBlock];
+  for (int w = 0; w < 4; ++w) {
+    const vf g = gumbel_from_bits<vf>(r.x[w]);
+    for (int l = 0; l < kLanes; ++l) noise[4 * l + w] = g[l];
+  }
+  for (int q = 0; q < kRaceBlock; q += kLanes) {
+    const vf keys = vload(z + q) + vload(noise + q);
+    const float m = hmax(keys);
+    if (!(m > st.best_key)) continue;
+    for (int l = 0; l < kLanes; ++l) {
+      if (keys[l] == m) {
+        st.best_key = m;
+        st.best_id = first_id + q + l;
+        st.best_z = z[q + l];
+        break;
+      }
+    }
   }
 }
 
 // Dense regime: fold a chunk of z into the online lse and the running winner.
 TITA_INLINE void dense_chunk(const RowConfig& c, const NoiseAddress& noise, const float* z, int n, int64_t id0,
                              RangeState& st) {
-  st.guided.merge(chunk_lse(z, n));
+  const OnlineLse chunk = chunk_lse(z, n);
+  st.guided.merge(chunk);
   if (c.greedy) {
-    const float m = chunk_max(z, n);
+    const float m = chunk.max;
     if (m > st.best_key) {
       for (int j = 0; j < n; ++j) {
         if (z[j] == m) {
@@ -99,18 +145,13 @@ TITA_INLINE void dense_chunk(const RowConfig& c, const NoiseAddress& noise, cons
     }
     return;
   }
-  // Gumbel race: a candidate can win only if z + kGumbelMax >= best key so far.
-  for (int i = 0; i < n; i += kLanes) {
-    if (!any_lane(vload(z + i) + kGumbelMax >= st.best_key)) continue;
-    for (int j = i; j < i + kLanes; ++j) {
-      if (z[j] == -kInf || z[j] + kGumbelMax < st.best_key) continue;
-      const float key = z[j] + gumbel_at(noise, id0 + j);
-      if (key > st.best_key) {  // strict: on a tie the lower id (seen first) stays
-        st.best_key = key;
-        st.best_id = id0 + j;
-        st.best_z = z[j];
-      }
-    }
+  // Gumbel race in blocks of 64 ids; a block is skipped when none of its candidates can win
+  // (z + kGumbelMax < best key so far): exact, since the noise never exceeds kGumbelMax.
+  if (chunk.max + kGumbelMax < st.best_key) return;
+  for (int i = 0; i < n; i += kRaceBlock) {
+    vi maybe = vi{};
+    for (int q = 0; q < kRaceBlock; q += kLanes) maybe |= vload(z + i + q) + kGumbelMax >= st.best_key;
+    if (any_lane(maybe)) race_block(noise, z + i, id0 + i, st);
   }
 }
 
@@ -134,11 +175,15 @@ inline void compact(const RowConfig& c, RangeState& st) {
   v.erase(std::remove_if(v.begin(), v.end(), [&](const Candidate& x) { return x.z < st.theta; }), v.end());
 }
 
+// Small enough that the threshold rises within the first chunk, large enough that compaction
+// (linear in the buffer) stays rare.
 inline size_t initial_buffer_limit(const RowConfig& c) {
-  return static_cast<size_t>(std::max<int64_t>(4 * c.top_k, 2 * kChunk));
+  return static_cast<size_t>(std::max<int64_t>(4 * c.top_k, 256));
 }
 
 TITA_INLINE void sparse_chunk(const RowConfig& c, const float* z, const float* b, int n, int64_t id0, RangeState& st) {
+  if (chunk_max(z, n) < st.theta) return;  // the usual case once the threshold has risen
+  if (st.limit == 0) st.limit = initial_buffer_limit(c);
   for (int i = 0; i < n; i += kLanes) {
     if (!any_lane(vload(z + i) >= st.theta)) continue;
     for (int j = i; j < i + kLanes; ++j) {
@@ -146,13 +191,12 @@ TITA_INLINE void sparse_chunk(const RowConfig& c, const float* z, const float* b
       st.cands.push_back(Candidate{z[j], b[j], static_cast<int32_t>(id0 + j), 0.0f});
       st.zmax = std::max(st.zmax, z[j]);
     }
+    if (st.cands.size() > st.limit) {
+      compact(c, st);
+      if (st.cands.size() > st.limit / 2) st.limit *= 2;  // a flat row: keep compaction amortised
+    }
   }
   st.theta = std::max(st.theta, window_threshold(c, st.zmax));
-  if (st.limit == 0) st.limit = initial_buffer_limit(c);
-  if (st.cands.size() > st.limit) {
-    compact(c, st);
-    if (st.cands.size() > st.limit / 2) st.limit *= 2;  // a flat row: keep compaction amortised
-  }
 }
 
 // What a scan should produce.

@@ -1,6 +1,7 @@
 // Portable SIMD for the CPU kernels: GCC/Clang vector extensions, 16 fp32 lanes.
 //
-// The hot entry points are compiled several times with TITA_CPU_CLONES (AVX-512, AVX2, baseline)
+// The hot entry points are compiled several times with TITA_CPU_CLONES (x86-64-v4: AVX-512;
+// v3: AVX2 + FMA; baseline)
 // and the loader picks the best for the machine, so no -march flag and no intrinsics are
 // needed. Everything here is always_inline so that it lands inside those clones.
 #pragma once
@@ -10,8 +11,10 @@
 #include <cstring>
 #include <limits>
 
+#include "../common/philox.h"
+
 #if defined(__x86_64__) && !defined(__clang__)
-#define TITA_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#define TITA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #else
 #define TITA_CPU_CLONES __attribute__((flatten))
 #endif
@@ -23,6 +26,8 @@ constexpr int kLanes = 16;
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 typedef uint32_t vu __attribute__((vector_size(64)));
+
+typedef uint64_t vu64 __attribute__((vector_size(128)));
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -43,24 +48,21 @@ TITA_INLINE vf finite_or_neg_inf(vf x) { return vselect((x - x) == 0.0f, x, vspl
 
 TITA_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 
-TITA_INLINE float hmax(vf v) {
-  float m = v[0];
-  for (int j = 1; j < kLanes; ++j) m = v[j] > m ? v[j] : m;
-  return m;
+// Horizontal reductions in log2(16) = 4 shuffle steps (no lane-by-lane extraction).
+template <typename V, typename Op>
+TITA_INLINE V fold_lanes(V v, Op op) {
+  v = op(v, __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+  v = op(v, __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+  v = op(v, __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+  v = op(v, __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+  return v;
 }
 
-TITA_INLINE float hsum(vf v) {
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += v[j];
-  return s;
-}
+TITA_INLINE float hmax(vf v) { return fold_lanes(v, [](vf a, vf b) { return vmax(a, b); })[0]; }
 
-TITA_INLINE bool any_lane(vi mask) {
-  vi folded = mask;
-  int32_t r = 0;
-  for (int j = 0; j < kLanes; ++j) r |= folded[j];
-  return r != 0;
-}
+TITA_INLINE float hsum(vf v) { return fold_lanes(v, [](vf a, vf b) { return a + b; })[0]; }
+
+TITA_INLINE bool any_lane(vi mask) { return fold_lanes(mask, [](vi a, vi b) { return a | b; })[0] != 0; }
 
 // exp(x) for x <= ~88, with exp(-inf) = 0 and exp(x < -87.3) = 0: Cody-Waite reduction
 // x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r); about 1-2 ulp.
@@ -104,20 +106,6 @@ struct OnlineLse {
   TITA_INLINE float value() const { return max == -kInf ? -kInf : max + std::log(sum); }
 };
 
-// Max and sum-exp of n values (n a multiple of kLanes), two passes over data that is in L1.
-TITA_INLINE OnlineLse chunk_lse(const float* x, int n) {
-  vf m = vsplat(-kInf);
-  for (int i = 0; i < n; i += kLanes) m = vmax(m, vload(x + i));
-  OnlineLse out;
-  out.max = hmax(m);
-  if (out.max == -kInf) return out;
-  const vf shift = vsplat(out.max);
-  vf s = vsplat(0.0f);
-  for (int i = 0; i < n; i += kLanes) s += vexp(vload(x + i) - shift);
-  out.sum = hsum(s);
-  return out;
-}
-
 TITA_INLINE float chunk_max(const float* x, int n) {
   vf m = vsplat(-kInf);
   for (int i = 0; i < n; i += kLanes) m = vmax(m, vload(x + i));
@@ -125,3 +113,28 @@ TITA_INLINE float chunk_max(const float* x, int n) {
 }
 
 }  // namespace tita::cpu
+
+namespace tita {
+
+// 16-lane versions of the operations the shared Philox / plog templates need (philox.h).
+template <>
+struct LaneOps<cpu::vf> {
+  using F = cpu::vf;
+  using U = cpu::vu;
+  using I = cpu::vi;
+  static TITA_INLINE F splat(float x) { return F{} + x; }
+  static TITA_INLINE U splat_u(uint32_t x) { return U{} + x; }
+  static TITA_INLINE U bits(F f) { return reinterpret_cast<U&>(f); }
+  static TITA_INLINE F from_bits(U u) { return reinterpret_cast<F&>(u); }
+  static TITA_INLINE I to_int(U u) { return reinterpret_cast<I&>(u); }
+  static TITA_INLINE F to_float(I i) { return __builtin_convertvector(i, F); }
+  static TITA_INLINE F u_to_float(U u) { return __builtin_convertvector(u, F); }
+  static TITA_INLINE F select(I c, F a, F b) { return c ? a : b; }
+  static TITA_INLINE I select(I c, I a, I b) { return c ? a : b; }
+  static TITA_INLINE U mulhi(U a, uint32_t b) {
+    const cpu::vu64 wide = __builtin_convertvector(a, cpu::vu64) * static_cast<uint64_t>(b);
+    return __builtin_convertvector(wide >> 32, U);
+  }
+};
+
+}  // namespace tita

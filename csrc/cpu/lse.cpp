@@ -1,0 +1,28 @@
+// The log-sum-exp of each logits chunk: the costliest loop of the scan (one exp per element and
+// model). Unlike the scores and the noise, these sums only need fp32 accuracy, not bit-equality
+// with the reference, so this one file lets the compiler fuse multiply-adds.
+#include "lse.h"
+
+#pragma GCC optimize("fp-contract=fast")
+
+namespace tita::cpu {
+
+TITA_CPU_CLONES OnlineLse chunk_lse(const float* x, int n) {
+  vf m = vsplat(-kInf);
+  for (int i = 0; i < n; i += kLanes) m = vmax(m, vload(x + i));
+  OnlineLse out;
+  out.max = hmax(m);
+  if (out.max == -kInf) return out;
+  const vf shift = vsplat(out.max);
+  vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);  // two accumulators: two exp chains in flight
+  int i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    s0 += vexp(vload(x + i) - shift);
+    s1 += vexp(vload(x + i + kLanes) - shift);
+  }
+  if (i < n) s0 += vexp(vload(x + i) - shift);
+  out.sum = hsum(s0 + s1);
+  return out;
+}
+
+}  // namespace tita::cpu
