@@ -104,7 +104,7 @@ def _fmt(x: float | None, suffix: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small grid (B in 1, 8; V = 32000), few rounds")
+    parser.add_argument("--quick", action="store_true", help="the two headline points only (B=8 x V=32000, B=64 x V=151936), few rounds")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/ops-<machine>.json; temp with --quick)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     args = parser.parse_args(argv)

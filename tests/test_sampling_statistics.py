@@ -37,21 +37,37 @@ def _draws(base, reward, backend, **kwargs) -> torch.Tensor:
     dict(temperature=0.8, plausibility=0.05, alpha=1.0),
 ], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
 def test_draws_follow_the_guided_distribution(backend, kwargs):
-    base = llm_logits(1, 300, torch.float32, seed=21, spread=1.5)
-    reward = llm_logits(1, 300, torch.float32, seed=22, spread=1.5)
+    g = torch.Generator().manual_seed(21)  # a smooth row: every filter keeps a real support
+    base, reward = torch.randn(1, 300, generator=g) * 1.5, torch.randn(1, 300, generator=g) * 1.5
     probs = tita_ext.guided_logprobs(base, reward, backend="reference", **kwargs)[0].double().exp()
     tokens = _draws(base, reward, backend, **kwargs)
+    assert (probs > 0)[tokens].all(), "a draw left the allowed support"
+    p_value = chi_square_p(tokens, probs)
+    assert p_value > P_VALUE_FLOOR, f"chi-square p = {p_value:.2e}"
 
+
+def chi_square_p(tokens: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of Pearson's chi-square test of `tokens` against `probs` (bins with an expected
+    count < 5 pooled into one)."""
     allowed = probs > 0
-    assert allowed[tokens].all(), "a draw left the allowed support"
     counts = torch.bincount(tokens, minlength=probs.numel()).double()
-    expected = probs * DRAWS
+    expected = probs * tokens.numel()
     big = expected >= 5
     observed_bins = torch.cat([counts[big], counts[allowed & ~big].sum().reshape(1)])
     expected_bins = torch.cat([expected[big], expected[allowed & ~big].sum().reshape(1)])
     keep = expected_bins > 0
-    _, p_value = stats.chisquare(observed_bins[keep].numpy(), expected_bins[keep].numpy())
-    assert p_value > P_VALUE_FLOOR, f"chi-square p = {p_value:.2e} over {int(keep.sum())} bins"
+    assert int(keep.sum()) >= 5, "test design: too few bins for a meaningful chi-square test"
+    expected_bins = expected_bins * (observed_bins[keep].sum() / expected_bins[keep].sum())  # fp32 sums to ~1
+    return float(stats.chisquare(observed_bins[keep].numpy(), expected_bins[keep].numpy())[1])
+
+
+def test_chi_square_detects_a_wrong_distribution():
+    """Negative control: draws at temperature 1.0 are rejected against the distribution at 0.9."""
+    g = torch.Generator().manual_seed(21)
+    base, reward = torch.randn(1, 300, generator=g) * 1.5, torch.randn(1, 300, generator=g) * 1.5
+    tokens = _draws(base, reward, "reference", temperature=1.0)
+    wrong = tita_ext.guided_logprobs(base, reward, temperature=0.9, backend="reference")[0].double().exp()
+    assert chi_square_p(tokens, wrong) < P_VALUE_FLOOR
 
 
 @needs_compiled

@@ -78,6 +78,19 @@ TITA_INLINE void load_clean(const RowView& v, int64_t id0, int64_t n, float* dst
   for (int64_t i = 0; i < padded; i += kLanes) vstore(dst + i, finite_or_neg_inf(vload(dst + i)));
 }
 
+// A chunk as clean fp32: the row itself when it is fp32, contiguous, whole and all finite (no
+// copy, the common case), else a cleaned copy in buf.
+TITA_INLINE const float* load_chunk(const RowView& v, int64_t id0, int64_t len, float* buf) {
+  if (v.dtype == Dtype::kF32 && v.stride == 1 && len == kChunk) {
+    const float* src = static_cast<const float*>(v.ptr) + id0;
+    vf poison = vsplat(0.0f);  // x * 0 is NaN exactly when x is NaN or +-inf
+    for (int i = 0; i < kChunk; i += kLanes) poison += vload(src + i) * 0.0f;
+    if (hsum(poison) == 0.0f) return src;
+  }
+  load_clean(v, id0, len, buf);
+  return buf;
+}
+
 float load_one(const RowView& v, int64_t id) {
   float x;
   switch (v.dtype) {
@@ -96,28 +109,27 @@ TITA_CPU_CLONES void scan_range(const Row& in, const ScanTask& task, int64_t v0,
   for (int64_t id0 = v0; id0 < v1; id0 += kChunk) {
     const int64_t len = std::min<int64_t>(kChunk, v1 - id0);
     const int n = static_cast<int>((len + kLanes - 1) / kLanes * kLanes);
-    load_clean(in.base, id0, len, b);
-    load_clean(in.reward, id0, len, r);
-    st.reward.merge(chunk_lse(r, n));
-    const float* fp = b;
+    const float* bp = load_chunk(in.base, id0, len, b);
+    const float* rp = load_chunk(in.reward, id0, len, r);
+    st.reward.merge(chunk_lse(rp, n));
+    const float* fp = bp;
     if (in.ref.ptr != nullptr) {
-      load_clean(in.ref, id0, len, f);
-      fp = f;
-      if (use_floor) st.base_max = std::max(st.base_max, chunk_max(b, n));
+      fp = load_chunk(in.ref, id0, len, f);
+      if (use_floor) st.base_max = std::max(st.base_max, chunk_max(bp, n));
     }
     const OnlineLse ref_chunk = chunk_lse(fp, n);
     st.ref.merge(ref_chunk);
     if (in.ref.ptr == nullptr) st.base_max = std::max(st.base_max, ref_chunk.max);
 
     const float floor_now = use_floor ? std::max(task.known_floor, st.base_max + c.log_floor) : -kInf;
-    combine_chunk(c, b, r, fp, n, floor_now, z);
+    combine_chunk(c, bp, rp, fp, n, floor_now, z);
     const int n_race = (n + kRaceBlock - 1) / kRaceBlock * kRaceBlock;  // whole race blocks of -inf padding
     for (int j = n; j < n_race; ++j) z[j] = -kInf;
     if (task.z_out != nullptr) std::memcpy(task.z_out + id0, z, len * sizeof(float));
     if (task.dense) {
       dense_chunk(c, task.noise, z, n_race, id0, st);
     } else {
-      sparse_chunk(c, z, b, n, id0, st);
+      sparse_chunk(c, z, bp, n, id0, st);
     }
   }
 }

@@ -5,6 +5,8 @@
 
 #pragma GCC optimize("fp-contract=fast")
 
+// vexp_floored: entries of -inf add exp(-87.3) ~ 1e-38 each, nothing next to the max's exp(0) = 1.
+
 namespace tita::cpu {
 
 TITA_CPU_CLONES OnlineLse chunk_lse(const float* x, int n) {
@@ -17,10 +19,10 @@ TITA_CPU_CLONES OnlineLse chunk_lse(const float* x, int n) {
   vf s0 = vsplat(0.0f), s1 = vsplat(0.0f);  // two accumulators: two exp chains in flight
   int i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    s0 += vexp(vload(x + i) - shift);
-    s1 += vexp(vload(x + i + kLanes) - shift);
+    s0 += vexp_floored(vload(x + i) - shift);
+    s1 += vexp_floored(vload(x + i + kLanes) - shift);
   }
-  if (i < n) s0 += vexp(vload(x + i) - shift);
+  if (i < n) s0 += vexp_floored(vload(x + i) - shift);
   out.sum = hsum(s0 + s1);
   return out;
 }

@@ -64,9 +64,10 @@ TITA_INLINE float hsum(vf v) { return fold_lanes(v, [](vf a, vf b) { return a + 
 
 TITA_INLINE bool any_lane(vi mask) { return fold_lanes(mask, [](vi a, vi b) { return a | b; })[0] != 0; }
 
-// exp(x) for x <= ~88, with exp(-inf) = 0 and exp(x < -87.3) = 0: Cody-Waite reduction
-// x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r); about 1-2 ulp.
-TITA_INLINE vf vexp(vf x) {
+// exp(x) for -87.3 <= x <= ~88 (below that it returns exp(-87.3) ~ 1e-38, also for -inf):
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r);
+// about 1-2 ulp.
+TITA_INLINE vf vexp_floored(vf x) {
   const vf xc = vmax(x, vsplat(-87.33654f));
   const vf shifter = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const vf n = (xc * 1.44269504088896341f + shifter) - shifter;
@@ -82,8 +83,11 @@ TITA_INLINE vf vexp(vf x) {
   const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
   vf scale;
   std::memcpy(&scale, &e, sizeof(scale));
-  return vselect(x < -87.33654f, vsplat(0.0f), p * scale);
+  return p * scale;
 }
+
+// exp(x) for x <= ~88, with exp(x < -87.3) = 0 and exp(-inf) = 0.
+TITA_INLINE vf vexp(vf x) { return vselect(x < -87.33654f, vsplat(0.0f), vexp_floored(x)); }
 
 TITA_INLINE float sexp(float x) { return vexp(vsplat(x))[0]; }
 
