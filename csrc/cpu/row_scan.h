@@ -184,16 +184,23 @@ inline size_t initial_buffer_limit(const RowConfig& c) {
 TITA_INLINE void sparse_chunk(const RowConfig& c, const float* z, const float* b, int n, int64_t id0, RangeState& st) {
   if (chunk_max(z, n) < st.theta) return;  // the usual case once the threshold has risen
   if (st.limit == 0) st.limit = initial_buffer_limit(c);
-  for (int i = 0; i < n; i += kLanes) {
-    if (!any_lane(vload(z + i) >= st.theta)) continue;
-    for (int j = i; j < i + kLanes; ++j) {
-      if (z[j] == -kInf || z[j] < st.theta) continue;
-      st.cands.push_back(Candidate{z[j], b[j], static_cast<int32_t>(id0 + j), 0.0f});
-      st.zmax = std::max(st.zmax, z[j]);
-    }
-    if (st.cands.size() > st.limit) {
-      compact(c, st);
-      if (st.cands.size() > st.limit / 2) st.limit *= 2;  // a flat row: keep compaction amortised
+  // Screen blocks of 4 vectors with one horizontal test, then the vectors of a passing block.
+  for (int i0 = 0; i0 < n; i0 += 4 * kLanes) {
+    const int i_end = std::min(n, i0 + 4 * kLanes);
+    vf block_max = vload(z + i0);
+    for (int i = i0 + kLanes; i < i_end; i += kLanes) block_max = vmax(block_max, vload(z + i));
+    if (!any_lane(block_max >= st.theta)) continue;
+    for (int i = i0; i < i_end; i += kLanes) {
+      if (!any_lane(vload(z + i) >= st.theta)) continue;
+      for (int j = i; j < i + kLanes; ++j) {
+        if (z[j] == -kInf || z[j] < st.theta) continue;
+        st.cands.push_back(Candidate{z[j], b[j], static_cast<int32_t>(id0 + j), 0.0f});
+        st.zmax = std::max(st.zmax, z[j]);
+      }
+      if (st.cands.size() > st.limit) {
+        compact(c, st);
+        if (st.cands.size() > st.limit / 2) st.limit *= 2;  // a flat row: keep compaction amortised
+      }
     }
   }
   st.theta = std::max(st.theta, window_threshold(c, st.zmax));
