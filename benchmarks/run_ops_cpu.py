@@ -4,9 +4,10 @@
     python benchmarks/run_ops_cpu.py --quick    # small grid -> a temp file (unless --out is given)
 
 Per grid point (B, V, mode) every implementation (see impls.py) is warmed up (torch.compile
-compiles here), then timed in interleaved rounds, so all share the machine's state: each round
-calls each implementation `calls` times back to back (enough for ~1 ms), and the reported
-figure is the median over rounds of microseconds per call (time.perf_counter_ns).
+compiles here), then timed in interleaved rounds (the order rotates), so all share the machine's
+state. Every timed call starts from a set cache state (cases.prepare_caches): "warm" (the inputs
+just read, as after the model wrote them: the headline) and "cold" (everything evicted). The
+reported figure is the median over rounds of microseconds per call (time.perf_counter_ns).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _git_commit() -> str | None:
 
 
 def time_point(batch: int, vocab: int, mode: str, impls: list[str], budget_s: float,
-               min_rounds: int, max_rounds: int) -> dict[str, dict]:
-    """{impl: {"median_us", "rounds", "calls"} or {"error"}} for one grid point."""
+               min_rounds: int, max_rounds: int, cache: str) -> dict[str, dict]:
+    """{impl: {"median_us", "rounds"} or {"error"}} for one grid point."""
     base, reward = cases.logits(batch, vocab)
     seed = cases.seed_tensor()
     est, errors = {}, {}
@@ -77,19 +78,17 @@ def time_point(batch: int, vocab: int, mode: str, impls: list[str], budget_s: fl
         except Exception as exc:  # record (torch.compile may be unusable here), keep going
             errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     live = [n for n in impls if n in est]
-    calls = {n: min(100, max(1, int(1e-3 / est[n]))) for n in live}
-    round_s = sum(est[n] * calls[n] for n in live) or 1e-3
+    round_s = sum(est[n] + 0.004 for n in live) or 1e-3  # ~4 ms per cache preparation
     rounds = min(max_rounds, max(min_rounds, int(budget_s / round_s)))
     samples: dict[str, list[float]] = {n: [] for n in live}
     for r in range(rounds if live else 0):
         for n in live[r % len(live):] + live[:r % len(live)]:  # rotate who goes first
+            cases.prepare_caches(cache, base, reward)
             start = time.perf_counter_ns()
-            for _ in range(calls[n]):
-                IMPLS[n](base, reward, mode, seed)
-            samples[n].append((time.perf_counter_ns() - start) / calls[n] / 1e3)
+            IMPLS[n](base, reward, mode, seed)
+            samples[n].append((time.perf_counter_ns() - start) / 1e3)
     out = {n: {"error": e} for n, e in errors.items()}
-    out.update({n: {"median_us": round(statistics.median(samples[n]), 2), "rounds": rounds, "calls": calls[n]}
-                for n in live})
+    out.update({n: {"median_us": round(statistics.median(samples[n]), 2), "rounds": rounds} for n in live})
     return out
 
 
@@ -114,39 +113,42 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_slug()
     default_dir = tempfile.gettempdir() if args.quick else RESULTS_DIR
     out_path = args.out or os.path.join(default_dir, f"ops-{machine}{'-quick' if args.quick else ''}.json")
-    budget, min_rounds, max_rounds = (0.2, 3, 10) if args.quick else (2.0, 7, 60)
+    budget, min_rounds, max_rounds = (0.3, 5, 15) if args.quick else (2.0, 9, 60)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if load is not None and load > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other work will distort the timings")
     print(f"{machine}: {cpu_model()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"tita_ext {tita_ext.__version__}; median us per call, fp32, alpha {ALPHA}")
     header = f"{'mode':<10}{'B':>4}{'V':>8}" + "".join(f"{n:>11}" for n in cases.IMPLS)
-    print(header + f"{'eager/tita':>12}{'comp/tita':>11}{'lse/tita':>10}")
 
     rows, ratios = [], []
-    for batch, vocab in cases.shapes(args.quick):
-        for mode in cases.MODES:
-            impls = [n for n in cases.IMPLS if cases.wanted(n, batch, vocab, mode, args.quick)]
-            point = time_point(batch, vocab, mode, impls, budget, min_rounds, max_rounds)
-            for name, res in point.items():
-                rows.append(dict(impl=name, batch=batch, vocab=vocab, dtype="float32", mode=mode, **res))
-            r = dict(mode=mode, batch=batch, vocab=vocab, eager_over_tita=_ratio(point, "eager", "tita"),
-                     compile_over_tita=_ratio(point, "compile", "tita"),
-                     logsumexp_over_tita=_ratio(point, "logsumexp", "tita"))
-            ratios.append(r)
-            cells = "".join(f"{_fmt(point.get(n, {}).get('median_us')):>11}" for n in cases.IMPLS)
-            print(f"{mode:<10}{batch:>4}{vocab:>8}{cells}{_fmt(r['eager_over_tita'], 'x'):>12}"
-                  f"{_fmt(r['compile_over_tita'], 'x'):>11}{_fmt(r['logsumexp_over_tita'], 'x'):>10}", flush=True)
-            for name, res in point.items():
-                if "error" in res:
-                    print(f"    {name} failed: {res['error']}")
+    for cache in cases.CACHE_STATES:
+        print(f"\ncaches {cache}:")
+        print(header + f"{'eager/tita':>12}{'comp/tita':>11}{'lse/tita':>10}")
+        for batch, vocab in cases.shapes(args.quick):
+            for mode in cases.MODES:
+                impls = [n for n in cases.IMPLS if cases.wanted(n, batch, vocab, mode, args.quick)]
+                point = time_point(batch, vocab, mode, impls, budget, min_rounds, max_rounds, cache)
+                for name, res in point.items():
+                    rows.append(dict(impl=name, batch=batch, vocab=vocab, dtype="float32", mode=mode, cache=cache, **res))
+                r = dict(cache=cache, mode=mode, batch=batch, vocab=vocab,
+                         eager_over_tita=_ratio(point, "eager", "tita"),
+                         compile_over_tita=_ratio(point, "compile", "tita"),
+                         logsumexp_over_tita=_ratio(point, "logsumexp", "tita"))
+                ratios.append(r)
+                cells = "".join(f"{_fmt(point.get(n, {}).get('median_us')):>11}" for n in cases.IMPLS)
+                print(f"{mode:<10}{batch:>4}{vocab:>8}{cells}{_fmt(r['eager_over_tita'], 'x'):>12}"
+                      f"{_fmt(r['compile_over_tita'], 'x'):>11}{_fmt(r['logsumexp_over_tita'], 'x'):>10}", flush=True)
+                for name, res in point.items():
+                    if "error" in res:
+                        print(f"    {name} failed: {res['error']}")
 
     print("\nHeadline (topk_topp: T 0.7, top-k 50, top-p 0.9; targets eager/tita >= 10x, logsumexp/tita >= 1x):")
     for r in ratios:
         if r["mode"] == "topk_topp" and (r["batch"], r["vocab"]) in cases.HEADLINE_SHAPES:
             e, l = r["eager_over_tita"], r["logsumexp_over_tita"]
             verdict = "ok" if e and l and e >= 10 and l >= 1 else "MISSES TARGET"
-            print(f"  B={r['batch']:<3} V={r['vocab']:<7} eager/tita {_fmt(e, 'x'):>7}   "
+            print(f"  caches {r['cache']:<5} B={r['batch']:<3} V={r['vocab']:<7} eager/tita {_fmt(e, 'x'):>7}   "
                   f"logsumexp/tita {_fmt(l, 'x'):>6}   {verdict}")
 
     result = dict(
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         threads=torch.get_num_threads(), torch=torch.__version__, tita_ext=tita_ext.__version__,
         python=platform.python_version(), git_commit=_git_commit(), load_average_at_start=load,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), quick=args.quick,
-        alpha=ALPHA, modes=MODE_PARAMS, rows=rows, ratios=ratios)
+        alpha=ALPHA, modes=MODE_PARAMS, caches=cases.prepare_caches.__doc__.strip(),
+        rows=rows, ratios=ratios)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)

@@ -46,7 +46,7 @@ def test_op_cpu(benchmark, impl: str, mode: str, batch: int, vocab: int) -> None
     benchmark.group = f"{mode} B={batch} V={vocab}"
     benchmark.extra_info.update(impl=impl, batch=batch, vocab=vocab, dtype="float32", mode=mode,
                                 threads=torch.get_num_threads())
-    tokens = benchmark.pedantic(fn, args=(base, reward, mode, seed), rounds=ROUNDS, iterations=1,
-                                warmup_rounds=0 if QUICK else 1)
+    tokens = benchmark.pedantic(fn, args=(base, reward, mode, seed), setup=lambda: cases.prepare_caches("warm", base, reward), rounds=ROUNDS,
+                                iterations=1, warmup_rounds=0 if QUICK else 1)
     if impl != "logsumexp":
         assert tokens.shape == (batch,) and bool(((tokens >= 0) & (tokens < vocab)).all())

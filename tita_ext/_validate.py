@@ -58,32 +58,38 @@ def param(name: str, value: Param, base: torch.Tensor) -> tuple[float | int, tor
     A Python number is range-checked here. A tensor (or list) is per-row: length batch, on the
     logits' device; its values are checked by the kernel (status STATUS_BAD_PARAM)."""
     integer = name == "top_k"
-    allowed_pred, allowed = _RANGES[name]
+    kind = type(value)
+    if kind is float or kind is int:  # the common case first: one type test, one range test
+        if integer and kind is float:
+            raise TypeError(f"{name} must be an int, a per-row tensor or a list, got float")
+        allowed_pred, allowed = _RANGES[name]
+        if not allowed_pred(value):
+            raise ValueError(f"{name} must be {allowed}, got {value}")
+        return value, None
     if isinstance(value, (list, tuple)):
         value = torch.tensor(value, dtype=torch.int64 if integer else torch.float32, device=base.device)
     if isinstance(value, torch.Tensor):
-        batch = base.shape[0]
-        if value.device != base.device:
-            raise ValueError(f"{name} is a per-row tensor on {value.device} but the logits are on {base.device}")
-        if integer and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-            raise TypeError(f"{name} per-row tensor must have an integer dtype, got {value.dtype}")
-        if not integer and not value.is_floating_point():
-            raise TypeError(f"{name} per-row tensor must have a floating dtype, got {value.dtype}")
-        if value.dim() == 0:
-            value = value.reshape(1).expand(batch)
-        if value.dim() != 1 or value.shape[0] != batch:
-            raise ValueError(f"{name} per-row tensor must have shape [{batch}] (one value per row), "
-                             f"got {tuple(value.shape)}")
-        rows = value.to(torch.int64 if integer else torch.float32).contiguous()
-        return (0 if integer else 0.0), rows
-    if integer:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, a per-row tensor or a list, got {type(value).__name__}")
-    elif not _is_real(value):
-        raise TypeError(f"{name} must be a number, a per-row tensor or a list, got {type(value).__name__}")
-    if not allowed_pred(value):
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return (int(value) if integer else float(value)), None
+        return (0 if integer else 0.0), _per_row(name, value, base, integer)
+    if not _is_real(value) or (integer and not isinstance(value, int)):
+        expected = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {expected}, a per-row tensor or a list, got {type(value).__name__}")
+    return param(name, int(value) if integer else float(value), base)  # numpy / int subclasses
+
+
+def _per_row(name: str, value: torch.Tensor, base: torch.Tensor, integer: bool) -> torch.Tensor:
+    batch = base.shape[0]
+    if value.device != base.device:
+        raise ValueError(f"{name} is a per-row tensor on {value.device} but the logits are on {base.device}")
+    if integer and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        raise TypeError(f"{name} per-row tensor must have an integer dtype, got {value.dtype}")
+    if not integer and not value.is_floating_point():
+        raise TypeError(f"{name} per-row tensor must have a floating dtype, got {value.dtype}")
+    if value.dim() == 0:
+        value = value.reshape(1).expand(batch)
+    if value.dim() != 1 or value.shape[0] != batch:
+        raise ValueError(f"{name} per-row tensor must have shape [{batch}] (one value per row), "
+                         f"got {tuple(value.shape)}")
+    return value.to(torch.int64 if integer else torch.float32).contiguous()
 
 
 def seed_tensor(name: str, t: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -96,7 +102,7 @@ def seed_tensor(name: str, t: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     if t.device != base.device:
         raise ValueError(f"{name} is on {t.device} but the logits are on {base.device}; "
                          "keep seed and offset on the logits' device (graph-safe)")
-    return t.reshape(-1) if t.numel() != 1 else t.reshape(1)
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
 def vocab_size(value: int | None) -> int:

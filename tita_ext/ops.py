@@ -12,6 +12,7 @@ built for the logits' device, else the reference, which gives the same tokens.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, Optional, Union
 
 import torch
@@ -87,6 +88,13 @@ def _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, 
     return args
 
 
+@functools.lru_cache(maxsize=256)
+def _constant(value: int, device: torch.device) -> torch.Tensor:
+    """An int64 [1] tensor for a Python int seed/offset, made once per (value, device): the ops
+    never write to it, and a CUDA copy per call would cost a host-device transfer."""
+    return torch.tensor([value], dtype=torch.int64, device=device)
+
+
 def _seed_offset(seed: Seed, offset: int | torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     device = base.device
     if seed is None or isinstance(seed, torch.Generator):
@@ -96,7 +104,7 @@ def _seed_offset(seed: Seed, offset: int | torch.Tensor, base: torch.Tensor) -> 
     elif isinstance(seed, torch.Tensor):
         seed_t = check.seed_tensor("seed", seed, base)
     elif isinstance(seed, int) and not isinstance(seed, bool):
-        seed_t = torch.tensor([(seed + 2**63) % 2**64 - 2**63], dtype=torch.int64, device=device)  # as int64 bits
+        seed_t = _constant((seed + 2**63) % 2**64 - 2**63, device)  # the same 64 bits as int64
     else:
         raise TypeError(f"seed must be an int, an int64 tensor, a torch.Generator or None, got {type(seed).__name__}")
     if isinstance(offset, torch.Tensor):
@@ -104,7 +112,7 @@ def _seed_offset(seed: Seed, offset: int | torch.Tensor, base: torch.Tensor) -> 
     elif isinstance(offset, int) and not isinstance(offset, bool):
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        offset_t = torch.tensor([offset], dtype=torch.int64, device=device)
+        offset_t = _constant(offset, device)
     else:
         raise TypeError(f"offset must be an int or an int64 tensor, got {type(offset).__name__}")
     return seed_t, offset_t

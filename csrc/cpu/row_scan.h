@@ -183,7 +183,10 @@ inline size_t initial_buffer_limit(const RowConfig& c) {
 
 TITA_INLINE void sparse_chunk(const RowConfig& c, const float* z, const float* b, int n, int64_t id0, RangeState& st) {
   if (chunk_max(z, n) < st.theta) return;  // the usual case once the threshold has risen
-  if (st.limit == 0) st.limit = initial_buffer_limit(c);
+  if (st.limit == 0) {
+    st.limit = initial_buffer_limit(c);
+    st.cands.reserve(st.limit + kLanes);  // one allocation for the usual row
+  }
   // Screen blocks of 4 vectors with one horizontal test, then the vectors of a passing block.
   for (int i0 = 0; i0 < n; i0 += 4 * kLanes) {
     const int i_end = std::min(n, i0 + 4 * kLanes);
