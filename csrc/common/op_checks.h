@@ -4,10 +4,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "contract.h"
 
@@ -71,6 +73,17 @@ inline void check_seed(const at::Tensor& t, const char* name, const at::Tensor& 
               " must hold 1 value or one per row (", base.size(0), "), got shape ", t.sizes());
   TORCH_CHECK(t.device() == base.device(), name, " is on ", t.device(), " but the logits are on ", base.device());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// guided_sample's outputs, uninitialised, on the logits' device: tokens int64, logprob float32,
+// token_reward float32, status int32, each [batch].
+using SampleOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+inline SampleOutputs empty_sample_outputs(const at::Tensor& base) {
+  const int64_t batch = base.size(0);
+  const auto opts = base.options();
+  return {at::empty({batch}, opts.dtype(at::kLong)), at::empty({batch}, opts.dtype(at::kFloat)),
+          at::empty({batch}, opts.dtype(at::kFloat)), at::empty({batch}, opts.dtype(at::kInt))};
 }
 
 // Row address of the noise: a per-row seed addresses its noise with row 0, so a request draws

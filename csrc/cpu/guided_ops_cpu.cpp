@@ -244,7 +244,7 @@ Plan make_plan(const at::Tensor& base, const at::Tensor& reward, const c10::opti
   return plan;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cpu(
+SampleOutputs guided_sample_cpu(
     const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref, double alpha,
     const c10::optional<at::Tensor>& alpha_rows, double temperature, const c10::optional<at::Tensor>& temperature_rows,
     int64_t top_k, const c10::optional<at::Tensor>& top_k_rows, double top_p,
@@ -258,12 +258,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cpu(
                                                 top_k_rows, top_p, top_p_rows, min_p, min_p_rows, plausibility,
                                                 plausibility_rows);
   const int64_t batch = base.size(0);
-  const auto opts = base.options();
-  at::Tensor tokens = at::empty({batch}, opts.dtype(at::kLong));
-  at::Tensor logprob = at::empty({batch}, opts.dtype(at::kFloat));
-  at::Tensor token_reward = at::empty({batch}, opts.dtype(at::kFloat));
-  at::Tensor status = at::empty({batch}, opts.dtype(at::kInt));
-  if (batch == 0) return {tokens, logprob, token_reward, status};
+  SampleOutputs outputs = empty_sample_outputs(base);
+  if (batch == 0) return outputs;
+  auto& [tokens, logprob, token_reward, status] = outputs;
 
   Plan plan = make_plan(base, reward, ref, params, vocab, &seed, &offset, nullptr);
   std::vector<RowOutcome> outcomes(batch);
@@ -290,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cpu(
     lp[row] = o.z - o.log_norm;
     rw[row] = (r - st.reward.value()) - (f - st.ref.value());
   }
-  return {tokens, logprob, token_reward, status};
+  return outputs;
 }
 
 at::Tensor guided_logprobs_cpu(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,

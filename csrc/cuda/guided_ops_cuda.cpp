@@ -59,7 +59,7 @@ GuidedInputs guided_inputs(const at::Tensor& base, const at::Tensor& reward, con
   return in;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cuda(
+SampleOutputs guided_sample_cuda(
     const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref, double alpha,
     const c10::optional<at::Tensor>& alpha_rows, double temperature, const c10::optional<at::Tensor>& temperature_rows,
     int64_t top_k, const c10::optional<at::Tensor>& top_k_rows, double top_p,
@@ -75,12 +75,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cuda(
                                                 plausibility_rows);
   const c10::cuda::CUDAGuard guard(base.device());
   const int64_t batch = base.size(0);
-  const auto opts = base.options();
-  at::Tensor tokens = at::empty({batch}, opts.dtype(at::kLong));
-  at::Tensor logprob = at::empty({batch}, opts.dtype(at::kFloat));
-  at::Tensor token_reward = at::empty({batch}, opts.dtype(at::kFloat));
-  at::Tensor status = at::empty({batch}, opts.dtype(at::kInt));
-  if (batch == 0) return {tokens, logprob, token_reward, status};
+  SampleOutputs outputs = empty_sample_outputs(base);
+  if (batch == 0) return outputs;
+  auto& [tokens, logprob, token_reward, status] = outputs;
 
   SampleArgs args;
   args.in = guided_inputs(base, reward, ref, vocab, params);
@@ -92,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> guided_sample_cuda(
   args.status = status.data_ptr<int32_t>();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(base.device().index()).stream();
   check_launch(launch_guided_sample(args, stream), "guided_sample");
-  return {tokens, logprob, token_reward, status};
+  return outputs;
 }
 
 at::Tensor guided_logprobs_cuda(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
