@@ -183,3 +183,13 @@ def test_empty_batch(backend):
     assert [t.shape for t in out] == [(0,)] * 4
     assert [t.dtype for t in out] == [torch.int64, torch.float32, torch.float32, torch.int32]
     assert tita_ext.guided_logprobs(base, base.clone(), backend=backend).shape == (0, 1271)
+
+
+@pytest.mark.parametrize("top_k", [1, 20, 50, 255, 256, 1000])
+def test_top_k_keeps_exactly_k_tokens_in_every_row(backend, top_k):
+    """Whatever the candidate buffer went through (compactions can leave exactly k), the
+    distribution keeps k tokens (logits without ties)."""
+    base, reward = _pair(batch=64, width=32000, seed=4)
+    for temperature in (0.9, 0.0):
+        dist = tita_ext.guided_logprobs(base, reward, top_k=top_k, temperature=temperature, backend=backend)
+        assert (torch.isfinite(dist).sum(dim=-1) == top_k).all()

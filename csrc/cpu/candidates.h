@@ -86,7 +86,9 @@ inline bool finish_sparse(const RowConfig& c, const NoiseAddress& noise, RangeSt
     out.status = kStatusNoFinite;
     return true;
   }
-  if (c.top_k > 0 && static_cast<int64_t>(v.size()) > c.top_k) {
+  // With k or more candidates the k-th largest is the cut (also with exactly k: the row's other
+  // ids lie below theta, so below it). With fewer, the cut lies below the window: nothing here.
+  if (c.top_k > 0 && static_cast<int64_t>(v.size()) >= c.top_k) {
     std::nth_element(v.begin(), v.begin() + (c.top_k - 1), v.end(),
                      [](const Candidate& a, const Candidate& b) { return a.z > b.z; });
     out.tau = v[c.top_k - 1].z;

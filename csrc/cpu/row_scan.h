@@ -97,6 +97,19 @@ TITA_INLINE void combine_chunk(const RowConfig& c, const float* b, const float* 
 
 constexpr int kRaceBlock = 64;  // ids per vectorised Philox call: 16 counters x 4 words
 
+TITA_INLINE float block_max(const float* z) {
+  return hmax(vmax(vmax(vload(z), vload(z + kLanes)), vmax(vload(z + 2 * kLanes), vload(z + 3 * kLanes))));
+}
+
+// Smallest m = bits >> 9 whose uniform (2m + 1) 2^-24 gives Gumbel noise that can reach `need`
+// (0 when any can). The 0.01 margin dwarfs plog's ~1e-7 relative error, so skipping is exact.
+inline uint32_t min_mantissa_to_reach(float need) {
+  if (!(need > -1.0f)) return 0;  // also -inf and NaN: no skipping
+  const double u = std::exp(-std::exp(-(static_cast<double>(need) - 0.01)));
+  const double m = std::ceil((u * 16777216.0 - 1.0) / 2.0);
+  return m <= 0.0 ? 0u : (m >= 8388608.0 ? 8388608u : static_cast<uint32_t>(m));
+}
+
 // Race the 64 ids [first_id, first_id + 64) (first_id % 4 == 0): one 16-lane Philox call gives
 // word w of counter first_id/4 + l for id first_id + 4l + w. Ties keep the lower id.
 TITA_INLINE void race_block(const NoiseAddress& a, const float* z, int64_t first_id, RangeState& st) {
@@ -107,9 +120,14 @@ TITA_INLINE void race_block(const NoiseAddress& a, const float* z, int64_t first
       L::splat_u(static_cast<uint32_t>(first_id >> 2)) + lane, L::splat_u(a.row),
       L::splat_u(static_cast<uint32_t>(a.offset)), L::splat_u(static_cast<uint32_t>(a.offset >> 32)),
       L::splat_u(static_cast<uint32_t>(a.seed)), L::splat_u(static_cast<uint32_t>(a.seed >> 32)));
+  // A lane can win only if its noise reaches need = best - max(z of the block). The noise is
+  // increasing in u, so lanes with u below exp(-exp(-need)) (less a safety margin for plog's
+  // rounding) lose whatever their logs say: words where every lane does are not computed.
+  const uint32_t min_m = min_mantissa_to_reach(st.best_key - block_max(z));
   alignas(64) float noise[kRaceBlock];
   for (int w = 0; w < 4; ++w) {
-    const vf g = gumbel_from_bits<vf>(r.x[w]);
+    vf g = vsplat(-kInf);
+    if (any_lane((r.x[w] >> 9) >= min_m)) g = gumbel_from_bits<vf>(r.x[w]);
     for (int l = 0; l < kLanes; ++l) noise[4 * l + w] = g[l];
   }
   for (int q = 0; q < kRaceBlock; q += kLanes) {
