@@ -13,6 +13,7 @@ built for the logits' device, else the reference, which gives the same tokens.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal, Optional, Union
 
 import torch
@@ -25,7 +26,11 @@ try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.tita.*)
 
     _COMPILED = True
-except ImportError:  # not built: the reference serves every call
+except ModuleNotFoundError:  # not built: the reference serves every call
+    _COMPILED = False
+except ImportError as error:  # built, but it cannot load (e.g. built against another torch)
+    warnings.warn(f"tita_ext._C is built but cannot be loaded ({error}); using the pure-PyTorch reference. "
+                  "Rebuild with `pip install --no-build-isolation -e .` against the installed torch.", stacklevel=2)
     _COMPILED = False
 
 Backend = Optional[Literal["compiled", "reference"]]

@@ -1,4 +1,5 @@
-// The streaming pass over one row (or a slice of it): the only time the logits are read.
+// The streaming pass over one row (or a slice of it): the one read of the logits (a row is read
+// again only by the rare plausibility rescan, and by guided_logprobs's write of its output).
 //
 // Per chunk of kChunk ids the three logits rows are loaded as fp32 and cleaned (non-finite ->
 // -inf), then: online log-sum-exp of the reward and reference rows (the token reward needs
