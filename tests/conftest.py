@@ -46,3 +46,30 @@ def llm_logits(batch: int, width: int, dtype: torch.dtype, seed: int, spread: fl
 def per_row(values, batch: int, dtype=torch.float32) -> torch.Tensor:
     """A per-row parameter tensor cycling through `values`."""
     return torch.tensor([values[i % len(values)] for i in range(batch)], dtype=dtype)
+
+
+def mode_kwargs(mode: str, batch: int, per_row_params: bool) -> dict:
+    """MODES[mode] as guided_sample keywords; with per_row_params, every parameter per row."""
+    kwargs = dict(MODES[mode])
+    if per_row_params:  # every parameter as a per-row tensor, with a spread of values
+        t = kwargs["temperature"]
+        kwargs["temperature"] = per_row([t, t * 0.5 + 0.5, 0.0] if t else [0.0], batch)
+        for name, scale in (("top_k", (1, 3, 0)), ("top_p", (1.0, 0.6, 0.95)), ("min_p", (1.0, 0.2, 0.0)),
+                            ("plausibility", (1.0, 0.5, 0.0))):
+            if name in kwargs:
+                dtype = torch.int64 if name == "top_k" else torch.float32
+                kwargs[name] = per_row([kwargs[name] * s if name != "top_p" else s for s in scale], batch, dtype)
+    return kwargs
+
+
+def compare_with_reference(base, reward, ref, kwargs, seed, offset, backend="compiled"):
+    """guided_sample on `backend` vs the reference: identical tokens and status, close floats."""
+    got = tita_ext.guided_sample(base, reward, ref, seed=seed, offset=offset, backend=backend, **kwargs)
+    want = tita_ext.guided_sample(base, reward, ref, seed=seed, offset=offset, backend="reference", **kwargs)
+    assert torch.equal(got.status, want.status)
+    mismatched = (got.tokens != want.tokens).nonzero().flatten().tolist()
+    assert not mismatched, f"tokens differ in rows {mismatched[:10]}: {got.tokens[mismatched[:10]].tolist()} " \
+                           f"vs reference {want.tokens[mismatched[:10]].tolist()}"
+    torch.testing.assert_close(got.logprob, want.logprob, atol=LOGPROB_ATOL, rtol=1e-5)
+    torch.testing.assert_close(got.token_reward, want.token_reward, atol=LOGPROB_ATOL, rtol=1e-5)
+    return got

@@ -125,7 +125,7 @@ def test_seed_and_offset_python_values():
 def test_vocab_size_and_backend(op):
     with pytest.raises(ValueError, match=r"vocab_size must be >= 1"):
         _call(op, vocab_size=0)
-    with pytest.raises(ValueError, match=r"backend must be None, 'compiled' or 'reference', got 'gpu'"):
+    with pytest.raises(ValueError, match=r"backend must be None, 'compiled', 'triton' or 'reference', got 'gpu'"):
         _call(op, backend="gpu")
 
 
@@ -139,3 +139,10 @@ def test_direct_op_calls_are_checked_in_cpp():
     with pytest.raises(RuntimeError, match=r"alpha_rows must have shape \[3\]"):
         torch.ops.tita.guided_logprobs(torch.randn(B, V), torch.randn(B, V), None, 0.6, torch.ones(2), 1.0, None,
                                        0, None, 1.0, None, 0.0, None, 0.0, None, -1)
+
+
+def test_triton_backend_needs_a_gpu_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"backend='triton' is not available for cpu tensors: it needs the triton "
+                                         r"package \(pip install triton\) and CUDA tensors, or TRITON_INTERPRET=1"):
+        _call(backend="triton")

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import tita_ext
-from conftest import ALPHAS, DTYPES, LOGPROB_ATOL, MODES, PROB_ATOL, SHAPES, llm_logits, needs_compiled, per_row
+from conftest import (ALPHAS, DTYPES, LOGPROB_ATOL, MODES, PROB_ATOL, SHAPES, compare_with_reference, llm_logits,
+                      mode_kwargs, needs_compiled, per_row)
 
 pytestmark = needs_compiled
 
@@ -29,31 +30,6 @@ def _cases(batch: int, width: int, dtype_index: int) -> list[tuple[object, bool]
     return [(a, ref) for a in ALPHAS for ref in (False, True)] + [(rows, False), (rows, True)]
 
 
-def _mode_kwargs(mode: str, batch: int, per_row_params: bool) -> dict:
-    kwargs = dict(MODES[mode])
-    if per_row_params:  # every parameter as a per-row tensor, with a spread of values
-        t = kwargs["temperature"]
-        kwargs["temperature"] = per_row([t, t * 0.5 + 0.5, 0.0] if t else [0.0], batch)
-        for name, scale in (("top_k", (1, 3, 0)), ("top_p", (1.0, 0.6, 0.95)), ("min_p", (1.0, 0.2, 0.0)),
-                            ("plausibility", (1.0, 0.5, 0.0))):
-            if name in kwargs:
-                dtype = torch.int64 if name == "top_k" else torch.float32
-                kwargs[name] = per_row([kwargs[name] * s if name != "top_p" else s for s in scale], batch, dtype)
-    return kwargs
-
-
-def _compare(base, reward, ref, kwargs, seed, offset):
-    got = tita_ext.guided_sample(base, reward, ref, seed=seed, offset=offset, backend="compiled", **kwargs)
-    want = tita_ext.guided_sample(base, reward, ref, seed=seed, offset=offset, backend="reference", **kwargs)
-    assert torch.equal(got.status, want.status)
-    mismatched = (got.tokens != want.tokens).nonzero().flatten().tolist()
-    assert not mismatched, f"tokens differ in rows {mismatched[:10]}: {got.tokens[mismatched[:10]].tolist()} " \
-                           f"vs reference {want.tokens[mismatched[:10]].tolist()}"
-    torch.testing.assert_close(got.logprob, want.logprob, atol=LOGPROB_ATOL, rtol=1e-5)
-    torch.testing.assert_close(got.token_reward, want.token_reward, atol=LOGPROB_ATOL, rtol=1e-5)
-    return got
-
-
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-V{s[1]}x{s[2]}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -64,8 +40,8 @@ def test_guided_sample_matches_reference(dtype, shape, mode):
     reward = llm_logits(batch, reward_width, dtype, seed=2)
     ref = llm_logits(batch, reward_width, dtype, seed=3)
     for i, (alpha, with_ref) in enumerate(_cases(batch, base_width, dtype_index)):
-        kwargs = _mode_kwargs(mode, batch, per_row_params=isinstance(alpha, torch.Tensor))
-        got = _compare(base, reward, ref if with_ref else None, dict(kwargs, alpha=alpha), seed=1000 + i, offset=i)
+        kwargs = mode_kwargs(mode, batch, per_row_params=isinstance(alpha, torch.Tensor))
+        got = compare_with_reference(base, reward, ref if with_ref else None, dict(kwargs, alpha=alpha), seed=1000 + i, offset=i)
         assert (got.tokens < min(base_width, reward_width)).all()
 
 
@@ -79,7 +55,7 @@ def test_guided_logprobs_matches_reference(dtype, shape, mode):
     reward = llm_logits(batch, reward_width, dtype, seed=5)
     for alpha, with_ref in [(0.6, False), (1.5, True), (per_row(ALPHAS, batch), False)]:
         ref = llm_logits(batch, reward_width, dtype, seed=6) if with_ref else None
-        kwargs = dict(_mode_kwargs(mode, batch, isinstance(alpha, torch.Tensor)), alpha=alpha)
+        kwargs = dict(mode_kwargs(mode, batch, isinstance(alpha, torch.Tensor)), alpha=alpha)
         got = tita_ext.guided_logprobs(base, reward, ref, backend="compiled", **kwargs)
         want = tita_ext.guided_logprobs(base, reward, ref, backend="reference", **kwargs)
         assert got.shape == (batch, base_width) and got.dtype == torch.float32
@@ -102,8 +78,8 @@ def test_any_strides(layout):
     else:
         base, reward = big_b.t().contiguous().t(), big_r.t().contiguous().t()
     for kwargs in (MODES["temperature"], dict(temperature=0.7, top_k=50, top_p=0.9)):
-        _compare(base, reward, None, dict(kwargs), seed=3, offset=1)
-        _compare(base.contiguous(), reward.contiguous(), None, dict(kwargs), seed=3, offset=1)
+        compare_with_reference(base, reward, None, dict(kwargs), seed=3, offset=1)
+        compare_with_reference(base.contiguous(), reward.contiguous(), None, dict(kwargs), seed=3, offset=1)
 
 
 def test_mixed_input_dtypes():
@@ -112,7 +88,7 @@ def test_mixed_input_dtypes():
     reward = llm_logits(5, 4000, torch.float16, seed=10)
     ref = llm_logits(5, 4000, torch.float32, seed=11)
     for kwargs in MODES.values():
-        _compare(base, reward, ref, dict(kwargs), seed=5, offset=2)
+        compare_with_reference(base, reward, ref, dict(kwargs), seed=5, offset=2)
 
 
 def test_flat_rows_and_plausibility_rescan():
@@ -126,7 +102,7 @@ def test_flat_rows_and_plausibility_rescan():
     for kwargs in (dict(temperature=1.0, plausibility=0.3), dict(temperature=0.0, plausibility=0.3, top_k=3),
                    dict(temperature=1.0, top_p=0.5), dict(temperature=1.0, top_k=5000),
                    dict(temperature=1.0, min_p=0.9), dict(temperature=0.5, top_p=0.99, min_p=0.5)):
-        _compare(base, reward, None, kwargs, seed=8, offset=0)
+        compare_with_reference(base, reward, None, kwargs, seed=8, offset=0)
     flat = torch.zeros(batch, width)
     for kwargs in MODES.values():
-        _compare(flat, flat.clone(), None, dict(kwargs), seed=9, offset=3)
+        compare_with_reference(flat, flat.clone(), None, dict(kwargs), seed=9, offset=3)

@@ -6,13 +6,14 @@ See `guided_sample` and `guided_logprobs` (tita_ext.ops) and DESIGN.md.
 """
 
 from .contract import STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, GuidedSampleOutput
-from .ops import compiled_available, guided_logprobs, guided_sample
+from .ops import compiled_available, guided_logprobs, guided_sample, triton_available
 
 __all__ = [
     "guided_sample",
     "guided_logprobs",
     "GuidedSampleOutput",
     "compiled_available",
+    "triton_available",
     "STATUS_OK",
     "STATUS_NO_FINITE",
     "STATUS_BAD_PARAM",

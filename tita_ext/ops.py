@@ -5,14 +5,16 @@
     guided_logprobs(base_logits, reward_logits, ref_logits=None, *, alpha, temperature, top_k,
                     top_p, min_p, plausibility) -> float32 [B, V_base]
 
-Backends: "compiled" (the C++ CPU kernel; CUDA kernels arrive with their own issue) and
+Backends: "compiled" (the C++ CPU kernel; CUDA kernels arrive with their own issue),
+"triton" (tita_ext.triton_ops: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and
 "reference" (tita_ext.reference, pure PyTorch). By default the compiled op is used when it is
-built for the logits' device, else the reference, which gives the same tokens.
+built for the logits' device, else the reference; all give the same tokens.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from typing import Literal, Optional, Union
 
@@ -33,7 +35,7 @@ except ImportError as error:  # built, but it cannot load (e.g. built against an
                   "Rebuild with `pip install --no-build-isolation -e .` against the installed torch.", stacklevel=2)
     _COMPILED = False
 
-Backend = Optional[Literal["compiled", "reference"]]
+Backend = Optional[Literal["compiled", "triton", "reference"]]
 Seed = Union[int, torch.Tensor, torch.Generator, None]
 
 _SEED_HIGH = 2**62
@@ -67,17 +69,35 @@ if _COMPILED:
         return base_logits.new_empty(base_logits.shape, dtype=torch.float32)
 
 
+def triton_available(device: torch.device | str = "cuda") -> bool:
+    """True when the Triton twin can run on this device type: the triton package is installed
+    and the device is CUDA, or the CPU with TRITON_INTERPRET=1 (Triton's interpreter)."""
+    device = torch.device(device)
+    if not (device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")):
+        return False
+    try:
+        from . import triton_ops  # noqa: F401  (registers torch.ops.tita.*_triton)
+    except ImportError:
+        return False
+    return True
+
+
 def _resolve_backend(backend: Backend, device: torch.device) -> str:
     if backend is None:
         return "compiled" if compiled_available(device) else "reference"
     if backend == "reference":
+        return backend
+    if backend == "triton":
+        if not triton_available(device):
+            raise ValueError(f"backend='triton' is not available for {device.type} tensors: it needs the triton "
+                             "package (pip install triton) and CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
         return backend
     if backend == "compiled":
         if not compiled_available(device):
             raise ValueError(f"backend='compiled' is not available for {device.type} tensors "
                              f"(compiled module built: {_COMPILED}); use backend='reference' or None")
         return backend
-    raise ValueError(f"backend must be None, 'compiled' or 'reference', got {backend!r}")
+    raise ValueError(f"backend must be None, 'compiled', 'triton' or 'reference', got {backend!r}")
 
 
 def _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility):
@@ -176,7 +196,7 @@ def guided_sample(
             drawn from torch's generator). Tensors keep the call graph-safe.
         offset: int or int64 tensor; the step counter of the noise (advance it per token).
         vocab_size: the tokenizer's true size, if smaller than the logits.
-        backend: None (best available), "compiled" or "reference".
+        backend: None (best available), "compiled", "triton" or "reference".
         check_status: raise ValueError for rows that cannot be sampled (reads the status,
             a device sync; skipped automatically under torch.compile and CUDA graph capture).
 
@@ -187,8 +207,11 @@ def guided_sample(
     args = _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility)
     seed_t, offset_t = _seed_offset(seed, offset, base_logits)
     vocab = check.vocab_size(vocab_size)
-    if _resolve_backend(backend, base_logits.device) == "compiled":
+    chosen = _resolve_backend(backend, base_logits.device)
+    if chosen == "compiled":
         out = torch.ops.tita.guided_sample(*args, seed_t, offset_t, vocab)
+    elif chosen == "triton":
+        out = torch.ops.tita.guided_sample_triton(*args, seed_t, offset_t, vocab)
     else:
         out = reference.guided_sample(*args, seed_t, offset_t, vocab)
     result = GuidedSampleOutput(*out)
@@ -220,6 +243,9 @@ def guided_logprobs(
     """
     args = _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility)
     vocab = check.vocab_size(vocab_size)
-    if _resolve_backend(backend, base_logits.device) == "compiled":
+    chosen = _resolve_backend(backend, base_logits.device)
+    if chosen == "compiled":
         return torch.ops.tita.guided_logprobs(*args, vocab)
+    if chosen == "triton":
+        return torch.ops.tita.guided_logprobs_triton(*args, vocab)
     return reference.guided_logprobs(*args, vocab)
