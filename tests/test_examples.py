@@ -1,4 +1,4 @@
-"""The example programs run as a user would run them, and the README's example works."""
+"""The example programs and the plot script run as a user would run them, and the README's example works."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,3 +30,15 @@ def test_readme_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert (namespace["out"].tokens < 32000).all()
     assert namespace["logprobs"].shape == (4, 32064)
+
+
+def test_plot_ops_draws_the_results(tmp_path):
+    """benchmarks/plot_ops.py turns a results JSON into a PNG beside it."""
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "ops-test.json"
+    results.write_text((ROOT / "benchmarks" / "results" / "ops-cpu-amd-epyc-2c.json").read_text())
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_ops.py"), str(results)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    png = tmp_path / "ops-test-warm.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
