@@ -136,8 +136,10 @@ def _active(temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows,
     )
 
 
-def _params(base, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
+def param_columns(base, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
             top_p, top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows):
+    """The six per-row parameters as [B, 1] columns (per-row tensor, or the scalar broadcast):
+    alpha, temperature, top_k (int64), top_p, min_p, plausibility."""
     batch, device, f32 = base.shape[0], base.device, torch.float32
     return (
         _rows(alpha, alpha_rows, batch, device, f32),
@@ -159,7 +161,7 @@ def guided_logprobs(
     """float32 [B, base width]: log-probabilities of the filtered guided distribution, -inf
     outside it and beyond the shared id range. Rows with no allowed token or a bad parameter
     are all NaN."""
-    params = _params(base_logits, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
+    params = param_columns(base_logits, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
                      top_p, top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows)
     active = _active(temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows, min_p, min_p_rows,
                      plausibility, plausibility_rows)
@@ -207,7 +209,7 @@ def guided_sample(
     """Choose one token per row. Returns (tokens int64 [B], logprob float32 [B],
     token_reward float32 [B], status int32 [B]); rows with status != 0 get token -1 and NaNs."""
     batch, device = base_logits.shape[0], base_logits.device
-    params = _params(base_logits, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
+    params = param_columns(base_logits, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
                      top_p, top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows)
     active = _active(temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows, min_p, min_p_rows,
                      plausibility, plausibility_rows)

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import contract
+from . import contract, reference
 
 _BLOCK = 1024
 _NEG_INF: tl.constexpr = tl.constexpr(float("-inf"))
@@ -271,17 +271,12 @@ def _guided_kernel(
             tl.store(z_ptr + row * z_rs + ids, out, mask=ids < WIDTH)
 
 
-def _rows(scalar, rows, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return rows if rows is not None else torch.full((batch,), scalar, dtype=dtype, device=device)
-
-
 def _launch(base, reward, ref, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows, top_p,
             top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows, vocab_size, sample, seed=None,
-            offset=None, out=None):
+            offset=None):
     batch, width = base.shape
     device, f32 = base.device, torch.float32
-    vocab = min(base.shape[1], reward.shape[1], (ref if ref is not None else base).shape[1])
-    vocab = min(vocab, vocab_size) if vocab_size > 0 else vocab
+    vocab = reference.shared_vocab(base, reward, ref, vocab_size)
     z = torch.empty(batch, width, dtype=f32, device=device)
     outputs = [torch.empty(batch, dtype=dt, device=device) for dt in (torch.int64, f32, f32, torch.int32)]
     if batch == 0:
@@ -295,9 +290,9 @@ def _launch(base, reward, ref, alpha, alpha_rows, temperature, temperature_rows,
         launch["enable_fp_fusion"] = False  # no FMA: scores and noise stay bit-equal to the reference
     wrap_triton(_guided_kernel)[(batch,)](
         base, base.stride(0), base.stride(1), reward, reward.stride(0), reward.stride(1), f, f.stride(0), f.stride(1),
-        _rows(alpha, alpha_rows, batch, device, f32), _rows(temperature, temperature_rows, batch, device, f32),
-        _rows(top_k, top_k_rows, batch, device, torch.int64), _rows(top_p, top_p_rows, batch, device, f32),
-        _rows(min_p, min_p_rows, batch, device, f32), _rows(plausibility, plausibility_rows, batch, device, f32),
+        *(column.reshape(batch) for column in reference.param_columns(
+            base, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows,
+            min_p, min_p_rows, plausibility, plausibility_rows)),
         seed, 0 if seed.numel() == 1 else 1, offset, 0 if offset.numel() == 1 else 1, 0 if per_row_seed else 1,
         z, z.stride(0), *outputs, vocab, width, **launch)
     return z, outputs

@@ -91,14 +91,11 @@ TITA_INLINE const float* load_chunk(const RowView& v, int64_t id0, int64_t len, 
   return buf;
 }
 
+// One cleaned logit (the chosen token's, for the token reward).
 float load_one(const RowView& v, int64_t id) {
-  float x;
-  switch (v.dtype) {
-    case Dtype::kF16: x = static_cast<float>(static_cast<const c10::Half*>(v.ptr)[id * v.stride]); break;
-    case Dtype::kBF16: x = static_cast<float>(static_cast<const c10::BFloat16*>(v.ptr)[id * v.stride]); break;
-    default: x = static_cast<const float*>(v.ptr)[id * v.stride];
-  }
-  return std::isfinite(x) ? x : -kInf;
+  alignas(64) float x[kLanes];
+  load_clean(v, id, 1, x);
+  return x[0];
 }
 
 // The streaming scan of ids [v0, v1) of one row; compiled per instruction set (simd.h).
