@@ -2,13 +2,20 @@
 
     s_i = log p_base(i) + alpha * (log p_reward(i) - log p_ref(i))
 
-See `guided_sample` and `guided_logprobs` (tita_ext.ops) and DESIGN.md.
+See `guided_generate` (decoding Hugging Face models), `guided_sample` and `guided_logprobs`
+(the fused ops), and DESIGN.md.
 """
 
 from .contract import STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, GuidedSampleOutput
+from .generate import GuidedOutput, Timings, guided_generate
 from .ops import compiled_available, guided_logprobs, guided_sample, triton_available
+from .setup_checks import check_tokenizers
 
 __all__ = [
+    "guided_generate",
+    "GuidedOutput",
+    "Timings",
+    "check_tokenizers",
     "guided_sample",
     "guided_logprobs",
     "GuidedSampleOutput",

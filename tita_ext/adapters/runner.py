@@ -1,0 +1,106 @@
+"""ModelRunner: one Hugging Face model, its own KV cache, prefill once, then one token per step.
+
+Positions follow the model's own `generate`: the prefill positions come from the model's
+`_prepare_position_ids_for_generation` (cumulative attention mask for left-padded batches; the
+multimodal rope positions for Qwen2-VL / Qwen2.5-VL), and each step adds one to the last
+position of every row (all rope sections alike). The attention mask lives in one preallocated
+buffer; a step passes a view of it, so decoding allocates nothing of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Mapping
+
+import torch
+
+from .family import model_family
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's inputs go (the device of its input embeddings)."""
+    return model.get_input_embeddings().weight.device
+
+
+def forward_inputs(model: torch.nn.Module, inputs: Mapping[str, object]) -> dict[str, object]:
+    """The prompt inputs this model's forward takes, on its device; floating tensors (pixels)
+    in its dtype. Keys the forward does not name are dropped (e.g. a tokenizer's token_type_ids)."""
+    accepted = _forward_parameters(type(model))
+    device, dtype = model_device(model), model.dtype
+    kept = {}
+    for key, value in inputs.items():
+        if key not in accepted or value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+        kept[key] = value
+    return kept
+
+
+class ModelRunner:
+    """Drives one model through a prompt and then one token per step, keeping its KV cache.
+
+    Args:
+        model: a transformers model with a language-model head (causal LM or VLM), in eval mode.
+        inputs: its processor's or tokenizer's output for the prompts: input_ids [B, L] (left
+            padded), attention_mask [B, L], and image inputs (pixel_values, image_grid_thw, ...).
+        max_new_tokens: steps to reserve in the attention-mask buffer.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: Mapping[str, object], max_new_tokens: int):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.family = model_family(model)
+        self.inputs = forward_inputs(model, inputs)
+        input_ids = self.inputs["input_ids"]
+        batch, length = input_ids.shape
+        prompt_mask = self.inputs.get("attention_mask")
+        self.mask = torch.ones(batch, length + max_new_tokens, dtype=torch.long, device=input_ids.device)
+        if prompt_mask is not None:
+            self.mask[:, :length] = prompt_mask
+        self.inputs["attention_mask"] = self.mask[:, :length]
+        self.length = length
+        self.cache = DynamicCache(config=model.config)
+        self.takes_positions = "position_ids" in _forward_parameters(type(model))
+        self.next_positions: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    def prefill(self) -> torch.Tensor:
+        """Run the whole prompt (with its images) once. Returns last-position logits [B, V]."""
+        model, inputs = self.model, dict(self.inputs)
+        if self.takes_positions and "position_ids" not in inputs:
+            input_ids = inputs["input_ids"]
+            inputs["position_ids"] = model._prepare_position_ids_for_generation(input_ids, dict(inputs))
+        if "logits_to_keep" in _forward_parameters(type(model)):
+            inputs["logits_to_keep"] = 1
+        out = model(**inputs, past_key_values=self.cache, use_cache=True)
+        if self.takes_positions:
+            self.next_positions = inputs["position_ids"][..., -1:] + 1
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (int64 [B]). Returns the next logits [B, V]."""
+        self.length += 1
+        kwargs = {"position_ids": self.next_positions} if self.takes_positions else {}
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
+                         past_key_values=self.cache, use_cache=True, **kwargs)
+        if self.takes_positions:
+            self.next_positions.add_(1)  # read by this step's kernels already (stream order)
+        return out.logits[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` (int64 [B']) of the cache, mask and positions, in that order (beam search)."""
+        self.cache.reorder_cache(rows)
+        self.mask = self.mask.index_select(0, rows)
+        if self.next_positions is not None:
+            self.next_positions = self.next_positions.index_select(-2, rows)

@@ -1,0 +1,99 @@
+"""Checks made once before decoding, each failing with an error that says what to change."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .adapters import image_token_id, model_family
+from .adapters.runner import model_device
+from .contract import LOGITS_DTYPES
+
+
+def text_tokenizer(tokenizer_or_processor):
+    """The tokenizer inside a processor, or the tokenizer itself."""
+    return getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
+
+
+def check_tokenizers(base_tokenizer, other_tokenizer, other: str = "reward") -> None:
+    """Both models must read ids the same way over their shared range: raise naming the first id
+    whose token differs, or a special token that differs."""
+    a, b = text_tokenizer(base_tokenizer), text_tokenizer(other_tokenizer)
+    shared = min(len(a), len(b))
+    tokens_a = a.convert_ids_to_tokens(list(range(shared)))
+    tokens_b = b.convert_ids_to_tokens(list(range(shared)))
+    for token_id, (ta, tb) in enumerate(zip(tokens_a, tokens_b)):
+        if ta != tb:
+            raise ValueError(f"the base and {other} tokenizers differ at id {token_id}: base has {ta!r}, "
+                             f"{other} has {tb!r}. Guidance adds the two models' scores id by id, so the {other} "
+                             "model must use the base model's tokenizer (padding to a different width is fine)")
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        ia, ib = getattr(a, name, None), getattr(b, name, None)
+        if ia is not None and ib is not None and ia != ib:
+            raise ValueError(f"the base and {other} tokenizers have different {name}: {ia} vs {ib}")
+
+
+def check_model(role: str, model: object) -> None:
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"{role}_model must be a transformers model (an nn.Module with a config), "
+                        f"got {type(model).__name__}")
+    if model.dtype not in LOGITS_DTYPES:
+        raise TypeError(f"{role}_model is in {model.dtype}; guided decoding reads float32, float16 or bfloat16 "
+                        f"logits: convert it with {role}_model.to(torch.float32) (or bfloat16/float16)")
+
+
+def check_same_device(models: Mapping[str, torch.nn.Module]) -> torch.device:
+    """All models must produce logits on one device (the fused op reads them together)."""
+    devices = {role: model_device(m) for role, m in models.items()}
+    base = devices["base"]
+    for role, device in devices.items():
+        if device != base:
+            raise ValueError(f"{role}_model is on {device} but base_model is on {base}: the models' logits must "
+                             f"meet on one device; move it with {role}_model.to('{base}')")
+    return base
+
+
+def check_inputs(role: str, model: torch.nn.Module, inputs: object, batch: int | None) -> int:
+    """A processor/tokenizer output for this model; returns its batch size."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"{role}_inputs must be the dict (BatchEncoding/BatchFeature) that the {role} model's "
+                        f"processor or tokenizer returns, got {type(inputs).__name__}")
+    ids = inputs.get("input_ids")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{role}_inputs['input_ids'] must be an integer tensor [batch, prompt_length], got {shape}; "
+                         "call the tokenizer with return_tensors='pt'")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{role}_inputs has an empty prompt: give at least one token per row")
+    mask = inputs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+        raise ValueError(f"{role}_inputs['attention_mask'] must have the shape of input_ids {tuple(ids.shape)}")
+    if mask is not None and ids.shape[0] > 0 and bool((mask[:, -1] == 0).any()):
+        raise ValueError(f"{role}_inputs is right-padded (a row's last attention_mask entry is 0): decoding appends "
+                         "after the last position, so pad on the left (tokenizer.padding_side = 'left')")
+    if batch is not None and ids.shape[0] != batch:
+        raise ValueError(f"{role}_inputs has {ids.shape[0]} rows but base inputs have {batch}: every model "
+                         "decodes the same prompts, one row each")
+    _check_images(role, model, inputs, ids)
+    return ids.shape[0]
+
+
+def _check_images(role: str, model: torch.nn.Module, inputs: Mapping, ids: torch.Tensor) -> None:
+    family = model_family(model)
+    placeholder = image_token_id(model)
+    if not family.is_vlm:
+        if inputs.get("pixel_values") is not None:
+            raise ValueError(f"{role}_inputs carries pixel_values but {role}_model ({type(model).__name__}) is a "
+                             "text-only model: use a vision-language model or drop the images")
+        return
+    has_placeholders = placeholder is not None and bool((ids == placeholder).any())
+    missing = [key for key in family.image_inputs if inputs.get(key) is None]
+    if has_placeholders and missing:
+        raise ValueError(f"{role}_inputs has image placeholder tokens (id {placeholder}) but no "
+                         f"{' / '.join(missing)}: pass the whole output of the {role} model's processor, "
+                         "called with images=")
+    if not has_placeholders and inputs.get("pixel_values") is not None:
+        raise ValueError(f"{role}_inputs has pixel_values but no image placeholder token (id {placeholder}) in "
+                         f"input_ids: build the prompt with the {role} model's processor so the image tokens "
+                         "are inserted")
