@@ -223,6 +223,9 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
     prompt = base.inputs["input_ids"].to(torch.int64)
     pad = settings.pad_token_id
     eos = torch.tensor(settings.eos_token_ids, dtype=torch.int64, device=device)
+    # A row stops at an EOS id, or at -1: the op's token for a row it could not sample (reported
+    # with its status after the loop). One isin covers both.
+    stop_ids = torch.cat([eos, eos.new_full((1,), -1)])
     offset = torch.zeros(1, dtype=torch.int64, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: dict[str, list[torch.Tensor]] = {"tokens": [], "logprob": [], "reward": [], "status": [], "before": []}
@@ -242,10 +245,7 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
         for key, value in (("tokens", tokens), ("logprob", out.logprob), ("reward", out.token_reward),
                            ("status", out.status), ("before", finished)):
             steps[key].append(value)
-        stopping = out.status != 0
-        if eos.numel():
-            stopping |= torch.isin(tokens, eos)
-        finished = finished | stopping
+        finished = finished | torch.isin(tokens, stop_ids)
         tokens.clamp_(min=0)  # a failed row (token -1) is reported after the loop; feed it something valid
         if need_host_tokens:
             host_tokens = tokens.tolist()

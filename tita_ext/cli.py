@@ -1,0 +1,278 @@
+"""The `tita-ext` command: guided decoding of local Hugging Face models, and a built-in demo.
+
+    tita-ext generate --base DIR --reward DIR [--ref DIR] [--image FILE] --prompt TEXT [options]
+    tita-ext demo [--alpha A] [--color red] [--save-demo-models DIR] [options]
+    tita-ext                  (the demo)
+
+`main` returns the exit code (0 ok, 2 usage or input error), so the console script's
+`sys.exit(main())` works as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import torch
+
+from .generate import GuidedOutput, guided_generate
+from .prompt_inputs import Preprocessor, build_inputs, family_of, load_preprocessor
+from .setup_checks import check_tokenizers
+
+PROG = "tita-ext"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEMO_PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+
+
+class CLIError(Exception):
+    """A problem with the command's input: printed as `tita-ext: error: ...`, exit code 2."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _sampling_arguments() -> argparse.ArgumentParser:
+    """The decoding options `generate` and `demo` share."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("decoding", "unset options come from the base model's generation_config")
+    group.add_argument("--alpha", type=float, default=0.6, metavar="A",
+                       help="guidance weight: 0 base only, 1 reward only (default 0.6)")
+    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (with --do-sample)")
+    group.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens (with --do-sample)")
+    group.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (with --do-sample)")
+    group.add_argument("--min-p", type=float, metavar="M",
+                       help="min-p cut, relative to the top token (with --do-sample)")
+    group.add_argument("--plausibility", type=float, default=0.0, metavar="B",
+                       help="only tokens with p_base >= B * max p_base may be chosen (default 0: off)")
+    group.add_argument("--seed", type=int, metavar="S", help="random seed: the same seed gives the same text")
+    group.add_argument("--stop", nargs="+", metavar="STR", help="stop once the new text contains STR")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="TITA guided decoding: a small reward model steers a base model token by token. "
+                               "Without a command, runs the built-in demo.")
+    commands = parser.add_subparsers(dest="command", metavar="{generate,demo}", required=True)
+    sampling = _sampling_arguments()
+
+    gen = commands.add_parser("generate", parents=[sampling], help="decode with local Hugging Face model folders",
+                              description="Guided decoding of local Hugging Face model folders (offline).")
+    gen.add_argument("--base", required=True, metavar="DIR", help="the base model's folder")
+    gen.add_argument("--reward", required=True, metavar="DIR", help="the reward model's folder (same tokenizer)")
+    gen.add_argument("--ref", metavar="DIR", help="a reference model's folder (default: the base model)")
+    gen.add_argument("--image", metavar="FILE", help="an image file for vision-language models")
+    gen.add_argument("--prompt", required=True, metavar="TEXT",
+                     help="the prompt, used as it is (with --image and no image placeholder, one is put first)")
+    gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="default 64")
+    gen.add_argument("--show-rewards", action="store_true", help="print each token's logprob and reward")
+    gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the models' dtype (default float32)")
+    gen.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+
+    demo = commands.add_parser("demo", parents=[sampling], help="run tiny built-in models (no download)",
+                               description="Guided decoding with a tiny LLaVA pair built in code.")
+    demo.add_argument("--prompt", default=DEMO_PROMPT, metavar="TEXT", help=f"default {DEMO_PROMPT!r}")
+    demo.add_argument("--color", default="red", metavar="NAME",
+                      help="colour of the demo image: red, green, blue, yellow, white or black")
+    demo.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="default 16")
+    demo.add_argument("--save-demo-models", metavar="DIR",
+                      help="also save the tiny models, processor and image to DIR/base, DIR/reward, DIR/demo.png")
+    return parser
+
+
+# --------------------------------------------------------------------------- loading
+
+def _model_type(folder: str, flag: str) -> str:
+    """The config's model_type of a local model folder, or a CLIError saying what is missing."""
+    from transformers import AutoConfig
+
+    path = pathlib.Path(folder)
+    if not path.is_dir():
+        raise CLIError(f"{flag} folder {folder!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise CLIError(f"{flag} folder {folder!r} has no config.json: give a folder saved with save_pretrained")
+    return AutoConfig.from_pretrained(folder, local_files_only=True).model_type
+
+
+def load_preprocessors(folders: dict[str, str]) -> dict[str, Preprocessor]:
+    """Each role's processor or tokenizer, before any model is loaded (so a tokenizer mismatch
+    fails in seconds)."""
+    return {role: load_preprocessor(folder, family_of(_model_type(folder, f"--{role}")))
+            for role, folder in folders.items()}
+
+
+def load_model(folder: str, pre: Preprocessor, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """The folder's model: AutoModelForImageTextToText for VLMs, else AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if pre.is_vlm else AutoModelForCausalLM
+    model = auto.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return model.to(device).eval()
+
+
+def load_image(path: str | None):
+    """The --image file as an RGB PIL image (None without --image)."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise CLIError(f"cannot read --image {path!r}: {error}") from None
+
+
+def role_inputs(pre: Preprocessor, base_pre: Preprocessor, prompt: str, image) -> Any:
+    """A model's inputs for the prompt. A text-only reward/reference model beside a VLM base gets
+    the prompt without the image."""
+    if image is not None and not pre.is_vlm and pre is not base_pre:
+        if base_pre.image_token:
+            prompt = prompt.replace(base_pre.image_token, "")
+        image = None
+    return build_inputs(pre, prompt, image)
+
+
+# --------------------------------------------------------------------------- decoding and printing
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """guided_generate's decoding keywords from the parsed options (unset ones: the model's
+    generation_config)."""
+    return dict(alpha=args.alpha, do_sample=True if args.do_sample else None, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, plausibility=args.plausibility,
+                max_new_tokens=args.max_new_tokens, seed=args.seed, stop_strings=args.stop)
+
+
+def text_streamer(tokenizer):
+    """Prints the new text as it is generated (special tokens left out)."""
+    from transformers import TextStreamer
+
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def print_reward_table(tokenizer, out: GuidedOutput, row: int = 0) -> None:
+    """One line per new token of `row`: index, id, text, guided logprob, token reward; then a summary."""
+    length = int(out.lengths[row])
+    ids = out.new_tokens[row, :length].tolist()
+    logprobs = out.logprobs[row, :length].tolist()
+    rewards = out.token_rewards[row, :length].tolist()
+    print(f"{'#':>4}  {'id':>6}  {'token':<20} {'logprob':>9} {'reward':>9}")
+    for index, (token, logprob, reward) in enumerate(zip(ids, logprobs, rewards)):
+        print(f"{index:>4}  {token:>6}  {tokenizer.decode([token])!r:<20} {logprob:>9.3f} {reward:>+9.3f}")
+    t = out.timings
+    mean = sum(rewards) / length if length else 0.0
+    print(f"finish: {out.finish_reason[row]}, {length} new tokens, mean reward {mean:+.3f}, "
+          f"prefill {t.prefill_s * 1e3:.0f} ms, decode {t.decode_s * 1e3:.0f} ms, {t.tokens_per_s:.1f} tokens/s")
+
+
+def decode(models: dict[str, torch.nn.Module], inputs: dict[str, Any], tokenizers: dict[str, Any],
+           args: argparse.Namespace, **overrides: Any) -> GuidedOutput:
+    """guided_generate on the models, streaming the text to stdout; returns its GuidedOutput."""
+    kwargs = sampling_kwargs(args)
+    kwargs.update(overrides)
+    out = guided_generate(
+        models["base"], models["reward"], inputs["base"], reward_inputs=inputs["reward"],
+        ref_model=models.get("ref"), ref_inputs=inputs.get("ref"), tokenizer=tokenizers["base"],
+        reward_tokenizer=tokenizers["reward"], ref_tokenizer=tokenizers.get("ref"),
+        streamer=text_streamer(tokenizers["base"]), **kwargs)
+    sys.stdout.flush()
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Load the folders (tokenizers checked first), build each model's inputs, decode."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda was given but torch sees no CUDA device")
+    folders = {"base": args.base, "reward": args.reward}
+    if args.ref:
+        folders["ref"] = args.ref
+    pres = load_preprocessors(folders)
+    tokenizers = {role: pre.tokenizer for role, pre in pres.items()}
+    for role in folders:
+        if role != "base":
+            check_tokenizers(tokenizers["base"], tokenizers[role], role)
+    image = load_image(args.image)
+    inputs = {role: role_inputs(pre, pres["base"], args.prompt, image) for role, pre in pres.items()}
+    models = {role: load_model(folder, pres[role], DTYPES[args.dtype], args.device)
+              for role, folder in folders.items()}
+    out = decode(models, inputs, tokenizers, args)
+    if args.show_rewards:
+        print_reward_table(tokenizers["base"], out)
+    return 0
+
+
+def save_demo_models(folder: str, models: dict[str, torch.nn.Module], processor, image) -> None:
+    """Save the demo's models (each with the processor) and image, for `tita-ext generate`."""
+    root = pathlib.Path(folder)
+    for role, model in models.items():
+        model.save_pretrained(root / role)
+        processor.save_pretrained(root / role)
+    image.save(root / "demo.png")
+    print(f"saved the demo models to {root / 'base'} and {root / 'reward'}, the image to {root / 'demo.png'}; try:\n"
+          f"  {PROG} generate --base {root / 'base'} --reward {root / 'reward'} --image {root / 'demo.png'} "
+          f"--prompt 'What is in the picture?' --show-rewards\n")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The tiny built-in LLaVA pair: base-only text, guided text, then the reward table."""
+    from .tiny_models import demo_image, tiny_llava, tiny_llava_processor, tiny_tokenizer
+
+    image = demo_image(args.color)
+    print("tita-ext demo: TITA guided decoding, end to end, with tiny models built in code (no download).\n"
+          "  base:   a tiny LLaVA (CLIP vision tower, 2-layer Llama, hidden 64, 512 logits)\n"
+          "  reward: a smaller tiny LLaVA (1 layer, hidden 32, 448 logits: a narrower padded width)\n"
+          f"  image:  a {args.color} 40x40 square; prompt: {args.prompt!r}\n"
+          "Their weights are random, so the text means nothing: the demo shows the decoding path working.\n",
+          flush=True)
+    processor = tiny_llava_processor(tiny_tokenizer())
+    models = {"base": tiny_llava(seed=0), "reward": tiny_llava(seed=1, hidden_size=32, layers=1, vocab_width=448)}
+    if args.save_demo_models:
+        save_demo_models(args.save_demo_models, models, processor, image)
+    pre = Preprocessor("llava", processor.tokenizer, processor=processor)
+    inputs = build_inputs(pre, args.prompt, image)
+    inputs = {"base": inputs, "reward": inputs}
+    tokenizers = {"base": processor.tokenizer, "reward": processor.tokenizer}
+
+    print("base only (alpha 0): ", end="", flush=True)
+    decode(models, inputs, tokenizers, args, alpha=0.0)
+    print(f"guided (alpha {args.alpha:g}):  ", end="", flush=True)
+    out = decode(models, inputs, tokenizers, args)
+    print()
+    print_reward_table(processor.tokenizer, out)
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _quiet_transformers() -> None:
+    """Offline, and no progress bars while loading or saving."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (0 ok, 2 error). Without a command: the demo."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv if argv else ["demo"])
+    except SystemExit as done:  # --help, or a usage error argparse has printed
+        return done.code if isinstance(done.code, int) else 2
+    _quiet_transformers()
+    run = run_generate if args.command == "generate" else run_demo
+    try:
+        return run(args)
+    except (CLIError, ValueError, TypeError, OSError, ImportError) as error:
+        sys.stdout.flush()
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130

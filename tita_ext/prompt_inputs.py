@@ -1,0 +1,125 @@
+"""Model inputs for one prompt (and at most one image), for each supported model family.
+
+`Preprocessor` holds what a model folder brings to turn text and an image into model inputs: a
+LLaVA processor, a Qwen2-VL / Qwen2.5-VL processor, or, when that processor cannot be loaded
+(its video processor needs torchvision), the tokenizer and the PIL image processor; or a plain
+tokenizer for a text-only causal LM. `build_inputs` then gives what the model's own processor
+would return, ready for `guided_generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+VLM_FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl")
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """What turns a prompt and an image into one model's inputs.
+
+    family: "llava", "qwen2_vl", "qwen2_5_vl" or "causal_lm" (the config's model_type).
+    tokenizer: the text tokenizer.
+    processor: the model's processor (LLaVA, Qwen2-VL), or None.
+    image_processor: for Qwen2-VL without a processor: the image processor used with `tokenizer`.
+    """
+
+    family: str
+    tokenizer: Any
+    processor: Any = None
+    image_processor: Any = None
+
+    @property
+    def is_vlm(self) -> bool:
+        return self.family in VLM_FAMILIES
+
+    @property
+    def image_token(self) -> str | None:
+        """The placeholder text that marks where the image goes in a prompt."""
+        if not self.is_vlm:
+            return None
+        token = getattr(self.processor, "image_token", None) or getattr(self.tokenizer, "image_token", None)
+        if token:
+            return token
+        return "<|image_pad|>" if self.family in QWEN_FAMILIES else "<image>"
+
+
+def family_of(model_type: str) -> str:
+    """The family of a config's model_type: a supported VLM, or "causal_lm" for anything else."""
+    return model_type if model_type in VLM_FAMILIES else "causal_lm"
+
+
+def load_preprocessor(folder: str, family: str) -> Preprocessor:
+    """Load a local folder's processor or tokenizer, offline (local_files_only)."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    if family == "causal_lm":
+        return Preprocessor(family, AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except ImportError:
+        if family not in QWEN_FAMILIES:
+            raise
+        processor = None  # Qwen2VLProcessor's video processor needs torchvision; images do not
+    if hasattr(processor, "tokenizer"):
+        return Preprocessor(family, processor.tokenizer, processor=processor)
+    if family in QWEN_FAMILIES:
+        # The tokenizer and the image processor (AutoImageProcessor picks the PIL one when
+        # torchvision is missing) do what the processor does for images.
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        images = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        return Preprocessor(family, tokenizer, image_processor=images)
+    raise ValueError(f"{folder!r} holds a {family} model but no processor: save the model's processor there "
+                     "too (processor.save_pretrained(folder))")
+
+
+def place_image(pre: Preprocessor, prompt: str) -> str:
+    """The prompt with the model's image placeholder: inserted at the start when missing; for
+    Qwen2-VL wrapped in vision start/end tokens when the prompt does not have them."""
+    token = pre.image_token
+    if pre.family in QWEN_FAMILIES:
+        start = getattr(pre.tokenizer, "vision_start_token", None) or "<|vision_start|>"
+        end = getattr(pre.tokenizer, "vision_end_token", None) or "<|vision_end|>"
+        if token not in prompt:
+            return f"{start}{token}{end}{prompt}"
+        if start not in prompt:
+            return prompt.replace(token, f"{start}{token}{end}", 1)
+        return prompt
+    return prompt if token in prompt else f"{token}\n{prompt}"
+
+
+def build_inputs(pre: Preprocessor, prompt: str, image=None):
+    """One row of model inputs (a BatchEncoding / BatchFeature of tensors) for `prompt` and an
+    optional PIL image. Raises ValueError for an image a text-only model cannot take, or an image
+    placeholder without an image."""
+    if image is None:
+        if pre.is_vlm and pre.image_token in prompt:
+            raise ValueError(f"the prompt holds the image placeholder {pre.image_token!r} but no image was "
+                             "given (--image FILE)")
+        call = pre.processor if pre.processor is not None else pre.tokenizer
+        return call(text=[prompt], return_tensors="pt")
+    if not pre.is_vlm:
+        raise ValueError(f"an image was given but this is a text-only model ({pre.family}): use a "
+                         "vision-language model (LLaVA, Qwen2-VL, Qwen2.5-VL) or drop --image")
+    prompt = place_image(pre, prompt)
+    if pre.processor is not None:
+        return pre.processor(images=[image], text=[prompt], return_tensors="pt")
+    return _qwen_inputs_without_processor(pre, prompt, image)
+
+
+def _qwen_inputs_without_processor(pre: Preprocessor, prompt: str, image):
+    """What Qwen2VLProcessor returns for one prompt and one image: the placeholder repeated once
+    per merged patch, the tokens, mm_token_type_ids (1 on image tokens) and the pixel inputs."""
+    pixels = pre.image_processor(images=[image], return_tensors="pt")
+    merge = getattr(pre.image_processor, "merge_size", 2)
+    count = int(pixels["image_grid_thw"][0].prod()) // (merge * merge)
+    token = pre.image_token
+    batch = pre.tokenizer([prompt.replace(token, token * count, 1)], return_tensors="pt")
+    image_id = pre.tokenizer.convert_tokens_to_ids(token)
+    batch["mm_token_type_ids"] = (batch["input_ids"] == image_id).to(torch.int32)
+    batch.update(pixels)
+    return batch
