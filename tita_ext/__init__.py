@@ -8,6 +8,7 @@ See `guided_generate` (decoding Hugging Face models), `guided_sample` and `guide
 
 from .contract import STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, GuidedSampleOutput
 from .generate import GuidedOutput, Timings, guided_generate
+from .logits_processor import TITALogitsProcessor
 from .ops import compiled_available, guided_logprobs, guided_sample, triton_available
 from .setup_checks import check_tokenizers
 
@@ -15,6 +16,7 @@ __all__ = [
     "guided_generate",
     "GuidedOutput",
     "Timings",
+    "TITALogitsProcessor",
     "check_tokenizers",
     "guided_sample",
     "guided_logprobs",

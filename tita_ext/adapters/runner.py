@@ -91,12 +91,22 @@ class ModelRunner:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (int64 [B]). Returns the next logits [B, V]."""
         self.length += 1
+        if self.length > self.mask.shape[1]:  # past the reserved steps: double the buffer (rare)
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask)], dim=1)
         kwargs = {"position_ids": self.next_positions} if self.takes_positions else {}
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
                          past_key_values=self.cache, use_cache=True, **kwargs)
         if self.takes_positions:
             self.next_positions.add_(1)  # read by this step's kernels already (stream order)
         return out.logits[:, -1]
+
+    def repeat_rows(self, repeats: int) -> None:
+        """Give each row `repeats` consecutive copies (generate's expansion of a batch for beams
+        and num_return_sequences: row b becomes rows b*repeats ... b*repeats+repeats-1)."""
+        self.cache.batch_repeat_interleave(repeats)
+        self.mask = self.mask.repeat_interleave(repeats, dim=0)
+        if self.next_positions is not None:
+            self.next_positions = self.next_positions.repeat_interleave(repeats, dim=-2)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (int64 [B']) of the cache, mask and positions, in that order (beam search)."""
