@@ -65,6 +65,63 @@ inline float nucleus_cut(std::vector<Candidate>& v, double target) {
   return hi > lo ? v[hi - 1].z : -kInf;
 }
 
+// The Gumbel race over surviving candidates: out.token = argmax(z + g), ties to the lower id.
+// Sixteen candidates per 16-lane Philox call (lane l computes counter id_l / 4 and keeps word
+// id_l % 4), so the noise is bit-identical to gumbel_at; groups that cannot beat the best key
+// are skipped (the noise never exceeds kGumbelMax).
+TITA_CPU_CLONES inline void race_candidates(const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out) {
+  using L = LaneOps<vf>;
+  float best_key = -kInf;
+  const auto consider = [&](float key, const Candidate& x) {
+    if (key > best_key || (key == best_key && x.id < out.token)) {
+      best_key = key;
+      out.token = x.id;
+      out.z = x.z;
+    }
+  };
+  const size_t n = v.size();
+  size_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    vf z;
+    vu counter, word;
+    for (int l = 0; l < kLanes; ++l) {
+      z[l] = v[j + l].z;
+      counter[l] = static_cast<uint32_t>(v[j + l].id >> 2);
+      word[l] = static_cast<uint32_t>(v[j + l].id & 3);
+    }
+    if (!any_lane(z + kGumbelMax >= best_key)) continue;
+    const Philox4<vu> r = philox4x32<vf>(
+        counter, L::splat_u(a.row), L::splat_u(static_cast<uint32_t>(a.offset)),
+        L::splat_u(static_cast<uint32_t>(a.offset >> 32)), L::splat_u(static_cast<uint32_t>(a.seed)),
+        L::splat_u(static_cast<uint32_t>(a.seed >> 32)));
+    const vu bits = word == 0u ? r.x[0] : (word == 1u ? r.x[1] : (word == 2u ? r.x[2] : r.x[3]));
+    const vf keys = z + gumbel_from_bits<vf>(bits);
+    if (!(hmax(keys) >= best_key)) continue;
+    for (int l = 0; l < kLanes; ++l) consider(keys[l], v[j + l]);
+  }
+  for (; j < n; ++j) {
+    const Candidate& x = v[j];
+    if (x.z + kGumbelMax < best_key) continue;
+    consider(x.z + gumbel_at(a, x.id), x);
+  }
+}
+
+// x.e = exp(x.z - zmax) for every candidate, sixteen at a time; returns their sum (in order).
+TITA_CPU_CLONES inline double fill_weights(std::vector<Candidate>& v, float zmax) {
+  const size_t n = v.size();
+  size_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    vf z;
+    for (int l = 0; l < kLanes; ++l) z[l] = v[j + l].z;
+    const vf e = vexp(z - zmax);
+    for (int l = 0; l < kLanes; ++l) v[j + l].e = e[l];
+  }
+  for (; j < n; ++j) v[j].e = sexp(v[j].z - zmax);
+  double total = 0.0;
+  for (const Candidate& x : v) total += x.e;
+  return total;
+}
+
 template <typename Pred>
 inline void keep_if(std::vector<Candidate>& v, Pred keep) {
   v.erase(std::remove_if(v.begin(), v.end(), [&](const Candidate& x) { return !keep(x); }), v.end());
@@ -94,11 +151,7 @@ inline bool finish_sparse(const RowConfig& c, const NoiseAddress& noise, RangeSt
     out.tau = v[c.top_k - 1].z;
     keep_if(v, [&](const Candidate& x) { return x.z >= out.tau; });
   }
-  double total = 0.0;
-  for (Candidate& x : v) {
-    x.e = sexp(x.z - zmax);
-    total += x.e;
-  }
+  const double total = fill_weights(v, zmax);
   if (c.top_p < 1.0f) {
     const float cut = nucleus_cut(v, static_cast<double>(c.top_p) * total);
     out.tau = std::max(out.tau, cut);
@@ -110,15 +163,17 @@ inline bool finish_sparse(const RowConfig& c, const NoiseAddress& noise, RangeSt
   out.log_norm = zmax + static_cast<float>(std::log(norm));
   if (!choose) return true;
 
-  float best_key = -kInf;
-  for (const Candidate& x : v) {
-    if (!c.greedy && x.z + kGumbelMax < best_key) continue;
-    const float key = c.greedy ? x.z : x.z + gumbel_at(noise, x.id);
-    if (key > best_key || (key == best_key && x.id < out.token)) {
-      best_key = key;
-      out.token = x.id;
-      out.z = x.z;
+  if (c.greedy) {
+    float best = -kInf;
+    for (const Candidate& x : v) {
+      if (x.z > best || (x.z == best && x.id < out.token)) {
+        best = x.z;
+        out.token = x.id;
+        out.z = x.z;
+      }
     }
+  } else {
+    race_candidates(noise, v, out);
   }
   return true;
 }
