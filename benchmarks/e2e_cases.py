@@ -166,6 +166,42 @@ def run_guided(pair: Pair, inputs: dict, mode: str, new_tokens: int, seed: int) 
     return Run(time.perf_counter() - start, out.timings.decode_s, out.new_tokens)
 
 
+@dataclass
+class Split:
+    """One guided call with its models' forwards timed from inside (CPU only): decode_s (the
+    decode loop), forwards_s (the decode-step forwards of both models, prefill excluded)."""
+
+    decode_s: float
+    forwards_s: float
+
+
+def run_guided_split(pair: Pair, inputs: dict, mode: str, new_tokens: int, seed: int) -> Split:
+    """guided_generate with a timer around each model's forward (an instance attribute that
+    shadows `forward`, so Module.__call__ keeps its fast path), so a step's time splits into the
+    forwards and everything else, measured on the same steps. The __call__ dispatch around each
+    forward counts as overhead (a slight overstatement)."""
+    calls: list[float] = []
+
+    def timed(forward):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            result = forward(*args, **kwargs)
+            calls.append(time.perf_counter() - start)
+            return result
+        return wrapper
+
+    for model in (pair.base, pair.reward):
+        model.forward = timed(model.forward)
+    try:
+        out = tita_ext.guided_generate(pair.base, pair.reward, inputs, alpha=ALPHA, max_new_tokens=new_tokens,
+                                       eos_token_id=[NEVER_ID], pad_token_id=pair.pad_token_id, seed=seed,
+                                       **MODES[mode])
+    finally:
+        for model in (pair.base, pair.reward):
+            del model.forward  # back to the class's forward
+    return Split(out.timings.decode_s, sum(calls[2:]))  # calls[:2]: the two prefills
+
+
 def base_only_decode(model: torch.nn.Module, inputs: dict, mode: str, new_tokens: int, seed: int,
                      eos_token_ids: tuple[int, ...] = (NEVER_ID,), pad_token_id: int = 0) -> Run:
     """guided_generate's decode loop with the base model alone: one ModelRunner, and the same

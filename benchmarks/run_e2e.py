@@ -45,7 +45,10 @@ OVERHEAD_DEFINITION = (
     "with arguments prepared before the timer, same tokens and cache growth, no per-step sync. "
     "The runner's own Python (mask slicing, position update, logits slicing) therefore counts as "
     "overhead. outside_forward_us = (t_step - t_forwards) in microseconds. Medians over rounds; "
-    "share_paired_median: the median over rounds of 1 - forwards / guided within each round.")
+    "share_paired_median: the median over rounds of 1 - forwards / guided within each round. "
+    "share_inside_median (CPU): the same split measured inside each guided call, timing every model "
+    "call with forward hooks on the same steps (immune to drift between separate loops; the hooks' "
+    "dispatch counts as overhead); outside_forward_us_inside_median is its time per step.")
 
 
 def device_slug(device: torch.device) -> str:
@@ -112,6 +115,11 @@ def time_case(pair: ec.Pair, case: dict, new_tokens: int, reps: int) -> dict:
             row["median_decode_step_ms"] = round(statistics.median(decode) * 1e3 / new_tokens, 4)
         variants[name] = row
 
+    # The same split measured inside each guided call (CPU: forward hooks), paired step for step.
+    splits = [ec.run_guided_split(pair, inputs, mode, new_tokens, seed=r + 1) for r in range(reps)] \
+        if pair.device.type == "cpu" else []
+    inside = [1 - sp.forwards_s / sp.decode_s for sp in splits]
+    inside_us = [(sp.decode_s - sp.forwards_s) * 1e6 / new_tokens for sp in splits]
     t_step = variants["guided"]["median_decode_step_ms"]
     t_fwd = variants["forwards"]["median_decode_step_ms"]
     paired = [1 - f.decode_s / g.decode_s for g, f in zip(runs["guided"], runs["forwards"])]
@@ -124,7 +132,10 @@ def time_case(pair: ec.Pair, case: dict, new_tokens: int, reps: int) -> dict:
                     base_only_over_generate=round(tps["base_only"] / tps["generate"], 4)),
         overhead=dict(share=round(1 - t_fwd / t_step, 4), outside_forward_us=round((t_step - t_fwd) * 1e3, 1),
                       t_step_ms=t_step, t_forwards_ms=t_fwd, share_paired_median=round(statistics.median(paired), 4),
-                      forward_calls="runner.model(...) directly, ModelRunner.step's arguments"))
+                      forward_calls="runner.model(...) directly, ModelRunner.step's arguments",
+                      share_inside_median=round(statistics.median(inside), 4) if inside else None,
+                      outside_forward_us_inside_median=round(statistics.median(inside_us), 1) if inside else None,
+                      share_inside=[round(x, 4) for x in inside]))
 
 
 def _row(res: dict) -> str:
@@ -132,7 +143,13 @@ def _row(res: dict) -> str:
     tps = "".join(f"{res['variants'][name]['median_tokens_per_s']:>10,.0f}" for name in ec.VARIANTS)
     return (f"{res['name']:<18}{tps}{ratios['guided_over_base_only']:>9.2f}x"
             f"{ratios['guided_over_generate']:>9.2f}x{over['t_step_ms']:>9.3f}{over['t_forwards_ms']:>9.3f}"
-            f"{over['share'] * 100:>8.1f}%{over['outside_forward_us']:>9.0f}")
+            f"{over['share'] * 100:>8.1f}%{over['outside_forward_us']:>9.0f}{_inside(over)}")
+
+
+def _inside(over: dict) -> str:
+    if over["share_inside_median"] is None:
+        return f"{'-':>9}{'-':>9}"
+    return f"{over['share_inside_median'] * 100:>8.1f}%{over['outside_forward_us_inside_median']:>9.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{_transformers_version()}, tita_ext {tita_ext.__version__}; {args.new_tokens} new tokens per row, "
           f"alpha {ec.ALPHA}, {reps} rounds, medians")
     print(f"{'case':<18}{'guided':>10}{'base':>10}{'generate':>10}{'g/base':>10}{'g/gen':>10}"
-          f"{'step ms':>9}{'fwd ms':>9}{'overhd':>9}{'us/step':>9}")
+          f"{'step ms':>9}{'fwd ms':>9}{'overhd':>9}{'us/step':>9}{'inside':>9}{'us/step':>9}")
     print(f"{'':<18}{'tok/s':>10}{'tok/s':>10}{'tok/s':>10}")
 
     pairs, results, skipped, pair_info = {}, [], [], {}

@@ -226,25 +226,30 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
     # A row stops at an EOS id, or at -1: the op's token for a row it could not sample (reported
     # with its status after the loop). One isin covers both.
     stop_ids = torch.cat([eos, eos.new_full((1,), -1)])
-    offset = torch.zeros(1, dtype=torch.int64, device=device)
+    # The noise offset of step k (int64 [1] views of one tensor, made in one call): no per-step op.
+    offsets = torch.arange(settings.max_new_tokens, dtype=torch.int64, device=device).view(-1, 1).unbind(0)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps: dict[str, list[torch.Tensor]] = {"tokens": [], "logprob": [], "reward": [], "status": [], "before": []}
+    samples: list = []  # GuidedSampleOutput per step
+    records: list[torch.Tensor] = []  # the step's tokens, padded where the row had stopped
+    befores: list[torch.Tensor] = []  # which rows had stopped before the step
     stop_rows: set[int] = set()
     need_host_tokens = stops is not None or streamer is not None
     if streamer is not None:
         streamer.put(prompt.cpu())
+    models = list(runners.values())
 
     start = time.perf_counter()
-    logits = {role: runner.prefill() for role, runner in runners.items()}
+    logits = [runner.prefill() for runner in models]
     _sync(device)
     prefill_s = time.perf_counter() - start
     start = time.perf_counter()
     while True:
-        out = sampler.sample(logits["base"], logits["reward"], logits.get("ref"), seed, offset)
+        out = sampler.sample(logits[0], logits[1], logits[2] if len(logits) > 2 else None, seed,
+                             offsets[len(samples)])
         tokens = out.tokens.masked_fill(finished, pad)
-        for key, value in (("tokens", tokens), ("logprob", out.logprob), ("reward", out.token_reward),
-                           ("status", out.status), ("before", finished)):
-            steps[key].append(value)
+        samples.append(out)
+        records.append(tokens)
+        befores.append(finished)
         finished = finished | torch.isin(tokens, stop_ids)
         tokens.clamp_(min=0)  # a failed row (token -1) is reported after the loop; feed it something valid
         if need_host_tokens:
@@ -252,25 +257,23 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
             if streamer is not None:
                 streamer.put(tokens.cpu())
             if stops is not None:
-                active = (~steps["before"][-1]).tolist()
-                hit = stops.update(host_tokens, active)
+                hit = stops.update(host_tokens, (~befores[-1]).tolist())
                 if hit:
                     stop_rows.update(hit)
                     finished[hit] = True
-        if len(steps["tokens"]) == settings.max_new_tokens or bool(finished.all()):
+        if len(samples) == settings.max_new_tokens or bool(finished.all()):
             break
-        offset.add_(1)
-        logits = {role: runner.step(tokens) for role, runner in runners.items()}
+        logits = [runner.step(tokens) for runner in models]
     decode_s = time.perf_counter() - start
     if streamer is not None:
         streamer.end()
 
-    before = torch.stack(steps["before"], dim=1)
-    _raise_on_failed_rows(torch.stack(steps["status"], dim=1), before)
-    new_tokens = torch.stack(steps["tokens"], dim=1)
+    before = torch.stack(befores, dim=1)
+    _raise_on_failed_rows(torch.stack([o.status for o in samples], dim=1), before)
+    new_tokens = torch.stack(records, dim=1)
     running = ~before
-    logprobs = torch.stack(steps["logprob"], dim=1).masked_fill(before, 0.0)
-    rewards = torch.stack(steps["reward"], dim=1).masked_fill(before, 0.0)
+    logprobs = torch.stack([o.logprob for o in samples], dim=1).masked_fill(before, 0.0)
+    rewards = torch.stack([o.token_reward for o in samples], dim=1).masked_fill(before, 0.0)
     lengths = running.sum(dim=1)
     timings = Timings(prefill_s=prefill_s, decode_s=decode_s, steps=new_tokens.shape[1],
                       new_tokens=int(lengths.sum()))

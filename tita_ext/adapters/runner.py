@@ -69,7 +69,20 @@ class ModelRunner:
         self.length = length
         self.cache = DynamicCache(config=model.config)
         self.takes_positions = "position_ids" in _forward_parameters(type(model))
-        self.next_positions: torch.Tensor | None = None
+        self._positions: tuple[torch.Tensor, ...] = ()  # per coming step: [..., B, 1] views of one tensor
+        self._step = 0
+
+    @property
+    def next_positions(self) -> torch.Tensor | None:
+        """Position ids of the next step's token, [B, 1] (or [sections, B, 1] for multimodal rope)."""
+        return self._positions[self._step] if self._step < len(self._positions) else None
+
+    def _plan_positions(self, first: torch.Tensor) -> None:
+        """Positions of every reserved step from `first` on, made in one go: a step then only
+        indexes a tuple (each step adds one to the last position of every row, as generate does)."""
+        steps = torch.arange(self.mask.shape[1] - self.length, device=first.device)
+        self._positions = (first + steps).unsqueeze(-1).unbind(-2)
+        self._step = 0
 
     @property
     def batch_size(self) -> int:
@@ -85,19 +98,24 @@ class ModelRunner:
             inputs["logits_to_keep"] = 1
         out = model(**inputs, past_key_values=self.cache, use_cache=True)
         if self.takes_positions:
-            self.next_positions = inputs["position_ids"][..., -1:] + 1
+            self._plan_positions(inputs["position_ids"][..., -1:] + 1)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (int64 [B]). Returns the next logits [B, V]."""
-        self.length += 1
-        if self.length > self.mask.shape[1]:  # past the reserved steps: double the buffer (rare)
+        if self.length == self.mask.shape[1]:  # past the reserved steps: double the buffer (rare)
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask)], dim=1)
-        kwargs = {"position_ids": self.next_positions} if self.takes_positions else {}
-        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
-                         past_key_values=self.cache, use_cache=True, **kwargs)
+            if self._positions:  # every planned position is used: plan on from the last one
+                self._plan_positions(self._positions[-1] + 1)
+        self.length += 1
         if self.takes_positions:
-            self.next_positions.add_(1)  # read by this step's kernels already (stream order)
+            positions = self._positions[self._step]
+            self._step += 1
+            out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
+                             position_ids=positions, past_key_values=self.cache, use_cache=True)
+        else:
+            out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
+                             past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1]
 
     def repeat_rows(self, repeats: int) -> None:
@@ -106,11 +124,11 @@ class ModelRunner:
         self.cache.batch_repeat_interleave(repeats)
         self.mask = self.mask.repeat_interleave(repeats, dim=0)
         if self.next_positions is not None:
-            self.next_positions = self.next_positions.repeat_interleave(repeats, dim=-2)
+            self._plan_positions(self.next_positions.repeat_interleave(repeats, dim=-2))
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (int64 [B']) of the cache, mask and positions, in that order (beam search)."""
         self.cache.reorder_cache(rows)
         self.mask = self.mask.index_select(0, rows)
         if self.next_positions is not None:
-            self.next_positions = self.next_positions.index_select(-2, rows)
+            self._plan_positions(self.next_positions.index_select(-2, rows))
