@@ -27,6 +27,7 @@ import torch
 import tita_ext
 from tita_ext import tiny_models as tiny
 from tita_ext.adapters import ModelRunner
+from tita_ext.ops import advance_impl
 from tita_ext.step_sampler import StepSampler
 
 ALPHA = 0.6
@@ -218,23 +219,22 @@ def base_only_decode(model: torch.nn.Module, inputs: dict, mode: str, new_tokens
         runner = ModelRunner(model, inputs, new_tokens)
         sampler = StepSampler(runner.batch_size, device, alpha=0.0, **sampling)
         seed_t = torch.tensor([seed], dtype=torch.int64, device=device)
-        offset = torch.zeros(1, dtype=torch.int64, device=device)
         eos = torch.tensor(eos_token_ids, dtype=torch.int64, device=device)
         finished = torch.zeros(runner.batch_size, dtype=torch.bool, device=device)
         steps: list[tuple] = []
         logits = runner.prefill()
         sync(device)
         decode_start = time.perf_counter()
+        advance = advance_impl(sampler.backend, device)
+        offsets = torch.arange(new_tokens, dtype=torch.int64, device=device).view(-1, 1).unbind(0)
         while True:
-            out = sampler.sample(logits, logits, None, seed_t, offset)
-            tokens = out.tokens.masked_fill(finished, pad_token_id)
+            out = sampler.sample(logits, logits, None, seed_t, offsets[len(steps)])
+            tokens, feed, finished_after, done = advance(out.tokens, finished, eos, pad_token_id)
             steps.append((tokens, out.logprob, out.token_reward, out.status, finished))
-            finished = finished | (out.status != 0) | torch.isin(tokens, eos)
-            tokens.clamp_(min=0)
-            if len(steps) == new_tokens or bool(finished.all()):
+            finished = finished_after
+            if len(steps) == new_tokens or bool(done):
                 break
-            offset.add_(1)
-            logits = runner.step(tokens)
+            logits = runner.step(feed)
         end = time.perf_counter()
     return Run(end - start, end - decode_start, torch.stack([step[0] for step in steps], dim=1))
 

@@ -15,6 +15,12 @@ TORCH_LIBRARY(tita, m) {
       "float alpha, Tensor? alpha_rows, float temperature, Tensor? temperature_rows, "
       "int top_k, Tensor? top_k_rows, float top_p, Tensor? top_p_rows, float min_p, Tensor? min_p_rows, "
       "float plausibility, Tensor? plausibility_rows, int vocab_size) -> Tensor");
+  // One decode step's bookkeeping after guided_sample, in one call: pad the rows that had
+  // stopped, stop rows at a stop id (or at -1, a row the op could not sample), and the tokens to
+  // feed the models next ([B, 1], never negative).
+  m.def(
+      "decode_advance(Tensor sampled, Tensor finished, Tensor stop_ids, int pad_id) "
+      "-> (Tensor record, Tensor feed, Tensor finished_after, Tensor all_finished)");
 }
 
 namespace {

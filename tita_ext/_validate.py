@@ -113,3 +113,18 @@ def vocab_size(value: int | None) -> int:
     if value < 1:
         raise ValueError(f"vocab_size must be >= 1 (the tokenizer's size), got {value}")
     return value
+
+
+def advance_args(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torch.Tensor, pad_id: int) -> None:
+    """decode_advance: int64 [B] tokens, bool [B] flags, int64 [S] stop ids, one device, pad >= 0."""
+    for name, t, dtype in (("sampled", sampled, torch.int64), ("finished", finished, torch.bool),
+                           ("stop_ids", stop_ids, torch.int64)):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.dim() != 1:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be a 1-D {dtype} tensor, got {got}")
+        if t.device != sampled.device:
+            raise ValueError(f"{name} is on {t.device} but sampled is on {sampled.device}")
+    if finished.shape != sampled.shape:
+        raise ValueError(f"finished has shape {tuple(finished.shape)} but sampled has {tuple(sampled.shape)}")
+    if not isinstance(pad_id, int) or isinstance(pad_id, bool) or pad_id < 0:
+        raise ValueError(f"pad_id must be an int >= 0, got {pad_id!r}")

@@ -16,7 +16,7 @@ import torch
 from . import _validate as check
 from .adapters import ModelRunner, model_family
 from .contract import STATUS_MEANING
-from .ops import Backend
+from .ops import Backend, advance_impl
 from .settings import DecodeSettings, IdList, resolve_settings
 from .setup_checks import check_inputs, check_model, check_same_device, check_tokenizers, text_tokenizer
 from .step_sampler import StepSampler
@@ -223,9 +223,7 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
     prompt = base.inputs["input_ids"].to(torch.int64)
     pad = settings.pad_token_id
     eos = torch.tensor(settings.eos_token_ids, dtype=torch.int64, device=device)
-    # A row stops at an EOS id, or at -1: the op's token for a row it could not sample (reported
-    # with its status after the loop). One isin covers both.
-    stop_ids = torch.cat([eos, eos.new_full((1,), -1)])
+    advance = advance_impl(sampler.backend, device)
     # The noise offset of step k (int64 [1] views of one tensor, made in one call): no per-step op.
     offsets = torch.arange(settings.max_new_tokens, dtype=torch.int64, device=device).view(-1, 1).unbind(0)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -246,12 +244,13 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
     while True:
         out = sampler.sample(logits[0], logits[1], logits[2] if len(logits) > 2 else None, seed,
                              offsets[len(samples)])
-        tokens = out.tokens.masked_fill(finished, pad)
+        # Pad rows that had stopped, stop rows at EOS (or at -1: a row the op could not sample,
+        # reported after the loop), and the [B, 1] tokens to feed next: one op.
+        tokens, feed, after, done = advance(out.tokens, finished, eos, pad)
         samples.append(out)
         records.append(tokens)
         befores.append(finished)
-        finished = finished | torch.isin(tokens, stop_ids)
-        tokens.clamp_(min=0)  # a failed row (token -1) is reported after the loop; feed it something valid
+        finished = after
         if need_host_tokens:
             host_tokens = tokens.tolist()
             if streamer is not None:
@@ -261,9 +260,10 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
                 if hit:
                     stop_rows.update(hit)
                     finished[hit] = True
-        if len(samples) == settings.max_new_tokens or bool(finished.all()):
+                    done = finished.all()
+        if len(samples) == settings.max_new_tokens or bool(done):
             break
-        logits = [runner.step(tokens) for runner in models]
+        logits = [runner.step(feed) for runner in models]
     decode_s = time.perf_counter() - start
     if streamer is not None:
         streamer.end()

@@ -152,7 +152,7 @@ class TITALogitsProcessor(LogitsProcessor):
             parents = self._parents(input_ids)
             for runner in self.runners.values():
                 runner.reorder(parents)
-        tokens = input_ids[:, -1]
+        tokens = input_ids[:, -1:]
         return {role: runner.step(tokens) for role, runner in self.runners.items()}
 
     def _parents(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,13 @@ if _COMPILED:
         return base_logits.new_empty(base_logits.shape, dtype=torch.float32)
 
 
+    @torch.library.register_fake("tita::decode_advance")
+    def _decode_advance_fake(sampled, finished, stop_ids, pad_id):
+        batch = sampled.shape[0]
+        return (sampled.new_empty((batch,)), sampled.new_empty((batch, 1)), finished.new_empty((batch,)),
+                finished.new_empty(()))
+
+
 def triton_available(device: torch.device | str = "cuda") -> bool:
     """True when the Triton twin can run on this device type: the triton package is installed
     and the device is CUDA, or the CPU with TRITON_INTERPRET=1 (Triton's interpreter)."""
@@ -249,3 +256,28 @@ def guided_logprobs(
     if chosen == "triton":
         return torch.ops.tita.guided_logprobs_triton(*args, vocab)
     return reference.guided_logprobs(*args, vocab)
+
+
+def decode_advance(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torch.Tensor, pad_id: int,
+                   *, backend: Backend = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decode step's bookkeeping after `guided_sample`, in one op (see reference.decode_advance).
+
+    Args:
+        sampled: int64 [B], the step's tokens (-1 for rows that could not be sampled).
+        finished: bool [B], rows that had stopped before this step.
+        stop_ids: int64 [S], the ids that stop a row (EOS); may be empty.
+        pad_id: the token of stopped rows, >= 0.
+
+    Returns:
+        (record int64 [B], feed int64 [B, 1], finished_after bool [B], all_finished bool []).
+    """
+    check.advance_args(sampled, finished, stop_ids, pad_id)
+    return advance_impl(backend, sampled.device)(sampled, finished, stop_ids, pad_id)
+
+
+def advance_impl(backend: Backend, device: torch.device):
+    """The decode_advance implementation for a backend: the compiled op, or the reference (also
+    for "triton": a few [B]-sized ops need no Triton twin)."""
+    if _resolve_backend(backend, device) == "compiled":
+        return torch.ops.tita.decode_advance
+    return reference.decode_advance

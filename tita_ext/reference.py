@@ -237,3 +237,18 @@ def guided_sample(
     tokens = torch.where(failed, torch.full_like(tokens, -1), tokens)
     return (tokens.reshape(batch), torch.where(failed, nan, logprob).reshape(batch),
             torch.where(failed, nan, token_reward).reshape(batch), status.reshape(batch))
+
+
+def decode_advance(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torch.Tensor,
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step's bookkeeping after guided_sample (the twin of tita::decode_advance).
+
+    sampled int64 [B] (guided_sample's tokens, -1 where a row could not be sampled), finished
+    bool [B] (rows stopped before this step), stop_ids int64 [S] (EOS ids; may be empty).
+    Returns record int64 [B] (pad_id where the row had stopped), feed int64 [B, 1] (the tokens to
+    give the models next: record, with -1 replaced by pad_id), finished_after bool [B] (stopped
+    now: before, or at a stop id, or at -1) and all_finished bool [] (every row stopped)."""
+    record = sampled.masked_fill(finished, pad_id)
+    after = finished | (record < 0) | torch.isin(record, stop_ids)
+    feed = record.masked_fill(record < 0, pad_id).reshape(-1, 1)
+    return record, feed, after, after.all()

@@ -102,7 +102,7 @@ class ModelRunner:
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (int64 [B]). Returns the next logits [B, V]."""
+        """Feed one token per row (int64 [B, 1]). Returns the next logits [B, V]."""
         if self.length == self.mask.shape[1]:  # past the reserved steps: double the buffer (rare)
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask)], dim=1)
             if self._positions:  # every planned position is used: plan on from the last one
@@ -111,10 +111,10 @@ class ModelRunner:
         if self.takes_positions:
             positions = self._positions[self._step]
             self._step += 1
-            out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
+            out = self.model(input_ids=tokens, attention_mask=self.mask[:, :self.length],
                              position_ids=positions, past_key_values=self.cache, use_cache=True)
         else:
-            out = self.model(input_ids=tokens[:, None], attention_mask=self.mask[:, :self.length],
+            out = self.model(input_ids=tokens, attention_mask=self.mask[:, :self.length],
                              past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1]
 
