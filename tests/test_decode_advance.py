@@ -81,3 +81,13 @@ def test_bad_input():
         ops.decode_advance(sampled, finished[:3], stop_ids, 0)
     with pytest.raises(ValueError, match="pad_id must be an int >= 0"):
         ops.decode_advance(sampled, finished, stop_ids, -1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch", [1, 3, 300])
+def test_cuda_matches_reference(batch):
+    sampled, finished, stop_ids = (t.cuda() for t in case(batch, 2, 5))
+    impl = ops.advance_impl(None, sampled.device)
+    for got, want in zip(impl(sampled, finished, stop_ids, 4), reference.decode_advance(sampled, finished,
+                                                                                       stop_ids, 4)):
+        assert torch.equal(got, want)

@@ -276,8 +276,20 @@ def decode_advance(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torc
 
 
 def advance_impl(backend: Backend, device: torch.device):
-    """The decode_advance implementation for a backend: the compiled op, or the reference (also
-    for "triton": a few [B]-sized ops need no Triton twin)."""
-    if _resolve_backend(backend, device) == "compiled":
+    """The decode_advance implementation for a backend: the compiled op when the module has a
+    kernel for this device type (CPU; CUDA when built with CUDA), else the reference (also for
+    "triton": a few [B]-sized ops need no Triton twin)."""
+    device = torch.device(device)
+    if backend == "compiled":
+        _resolve_backend(backend, device)  # raises when nothing is compiled for this device
+    if backend in (None, "compiled") and _COMPILED and (device.type == "cpu" or _compiled_cuda()):
         return torch.ops.tita.decode_advance
     return reference.decode_advance
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_cuda() -> bool:
+    """Whether tita_ext._C was built with its CUDA sources."""
+    from . import _C
+
+    return bool(_C.build_info().get("cuda"))

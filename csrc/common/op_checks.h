@@ -90,4 +90,27 @@ inline SampleOutputs empty_sample_outputs(const at::Tensor& base) {
 // the same numbers wherever it sits in the batch (mirrors reference._noise_rows).
 inline bool per_row_seed(const at::Tensor& seed, int64_t batch) { return seed.numel() == batch && batch != 1; }
 
+// decode_advance: sampled int64 [B], finished bool [B], stop_ids int64 [S], one device, pad >= 0.
+inline void check_advance(const at::Tensor& sampled, const at::Tensor& finished, const at::Tensor& stop_ids,
+                          int64_t pad_id) {
+  TORCH_CHECK(sampled.dim() == 1 && sampled.scalar_type() == at::kLong, "sampled must be int64 [B], got ",
+              sampled.scalar_type(), " ", sampled.sizes());
+  TORCH_CHECK(finished.dim() == 1 && finished.scalar_type() == at::kBool && finished.size(0) == sampled.size(0),
+              "finished must be bool [", sampled.size(0), "], got ", finished.scalar_type(), " ", finished.sizes());
+  TORCH_CHECK(stop_ids.dim() == 1 && stop_ids.scalar_type() == at::kLong, "stop_ids must be int64 [S], got ",
+              stop_ids.scalar_type(), " ", stop_ids.sizes());
+  TORCH_CHECK(finished.device() == sampled.device() && stop_ids.device() == sampled.device(),
+              "decode_advance: sampled, finished and stop_ids must be on one device");
+  TORCH_CHECK(pad_id >= 0, "pad_id must be >= 0, got ", pad_id);
+}
+
+// decode_advance's outputs: record int64 [B], feed int64 [B, 1], finished_after bool [B], all bool [].
+using AdvanceOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+inline AdvanceOutputs empty_advance_outputs(const at::Tensor& sampled, const at::Tensor& finished) {
+  const int64_t batch = sampled.size(0);
+  return {at::empty({batch}, sampled.options()), at::empty({batch, 1}, sampled.options()),
+          at::empty({batch}, finished.options()), at::empty({}, finished.options())};
+}
+
 }  // namespace tita

@@ -1,34 +1,22 @@
 // CPU kernel of tita::decode_advance: a decode step's [B]-sized bookkeeping in one pass, so the
 // loop pays one op call instead of five (masked fill, stop-id test, or, clamp, all).
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
-#include <vector>
+
+#include "../common/op_checks.h"
 
 namespace tita::cpu {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_advance_cpu(const at::Tensor& sampled,
-                                                                              const at::Tensor& finished,
-                                                                              const at::Tensor& stop_ids,
-                                                                              int64_t pad_id) {
-  TORCH_CHECK(sampled.dim() == 1 && sampled.scalar_type() == at::kLong, "sampled must be int64 [B], got ",
-              sampled.scalar_type(), " ", sampled.sizes());
-  TORCH_CHECK(finished.dim() == 1 && finished.scalar_type() == at::kBool && finished.size(0) == sampled.size(0),
-              "finished must be bool [", sampled.size(0), "], got ", finished.scalar_type(), " ", finished.sizes());
-  TORCH_CHECK(stop_ids.dim() == 1 && stop_ids.scalar_type() == at::kLong, "stop_ids must be int64 [S], got ",
-              stop_ids.scalar_type(), " ", stop_ids.sizes());
-  TORCH_CHECK(pad_id >= 0, "pad_id must be >= 0, got ", pad_id);
+AdvanceOutputs decode_advance_cpu(const at::Tensor& sampled, const at::Tensor& finished, const at::Tensor& stop_ids,
+                                  int64_t pad_id) {
+  check_advance(sampled, finished, stop_ids, pad_id);
+  TORCH_CHECK(sampled.device().is_cpu(), "decode_advance (CPU kernel) got tensors on ", sampled.device());
   const int64_t batch = sampled.size(0);
   const at::Tensor s = sampled.contiguous(), f = finished.contiguous(), stops = stop_ids.contiguous();
-  at::Tensor record = at::empty({batch}, sampled.options());
-  at::Tensor feed = at::empty({batch, 1}, sampled.options());
-  at::Tensor after = at::empty({batch}, finished.options());
-  at::Tensor all = at::empty({}, finished.options());
+  AdvanceOutputs outputs = empty_advance_outputs(sampled, finished);
+  auto& [record, feed, after, all] = outputs;
   const int64_t* in = s.data_ptr<int64_t>();
   const bool* was = f.data_ptr<bool>();
   const int64_t* stop = stops.data_ptr<int64_t>();
@@ -45,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_advance_cpu(co
     every = every && now[b];
   }
   *all.data_ptr<bool>() = every;
-  return {record, feed, after, all};
+  return outputs;
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// CUDA host launchers of tita::guided_sample and tita::guided_logprobs: the same checks as the
+// CUDA host launchers of tita::guided_sample, tita::guided_logprobs and tita::decode_advance: the same checks as the
 // CPU kernels (op_checks.h), CUDA tensors only, a device guard, outputs allocated through the
 // caching allocator on the logits' device, and an asynchronous launch on the current stream
 // (launch.h; the kernels live in the .cu files). Nothing here synchronises with the host.
@@ -118,11 +118,37 @@ at::Tensor guided_logprobs_cuda(const at::Tensor& base, const at::Tensor& reward
   return out;
 }
 
+AdvanceOutputs decode_advance_cuda(const at::Tensor& sampled, const at::Tensor& finished, const at::Tensor& stop_ids,
+                                   int64_t pad_id) {
+  check_advance(sampled, finished, stop_ids, pad_id);
+  TORCH_CHECK(sampled.is_cuda(), "tita::decode_advance (CUDA kernel): sampled must be a CUDA tensor, got ",
+              sampled.device());
+  const c10::cuda::CUDAGuard guard(sampled.device());
+  AdvanceOutputs outputs = empty_advance_outputs(sampled, finished);
+  auto& [record, feed, after, all] = outputs;
+  const at::Tensor s = sampled.contiguous(), f = finished.contiguous(), stops = stop_ids.contiguous();
+  AdvanceArgs args;
+  args.sampled = s.const_data_ptr<int64_t>();
+  args.finished = f.const_data_ptr<bool>();
+  args.stop_ids = stops.const_data_ptr<int64_t>();
+  args.num_stops = stops.numel();
+  args.pad_id = pad_id;
+  args.batch = s.numel();
+  args.record = record.data_ptr<int64_t>();
+  args.feed = feed.data_ptr<int64_t>();
+  args.finished_after = after.data_ptr<bool>();
+  args.all_finished = all.data_ptr<bool>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(sampled.device().index()).stream();
+  check_launch(launch_decode_advance(args, stream), "decode_advance");
+  return outputs;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tita, CUDA, m) {
   m.impl("guided_sample", &guided_sample_cuda);
   m.impl("guided_logprobs", &guided_logprobs_cuda);
+  m.impl("decode_advance", &decode_advance_cuda);
 }
 
 }  // namespace tita::cuda

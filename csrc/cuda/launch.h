@@ -67,6 +67,23 @@ struct LogprobsArgs {
 cudaError_t launch_guided_sample(const SampleArgs& args, cudaStream_t stream);
 cudaError_t launch_guided_logprobs(const LogprobsArgs& args, cudaStream_t stream);
 
+// decode_advance: one decode step's bookkeeping (see csrc/registration.cpp). Contiguous device
+// arrays; batch rows; stop_ids holds num_stops ids. feed is [batch, 1] (contiguous: batch values).
+struct AdvanceArgs {
+  const int64_t* sampled = nullptr;
+  const bool* finished = nullptr;
+  const int64_t* stop_ids = nullptr;
+  int64_t num_stops = 0;
+  int64_t pad_id = 0;
+  int64_t batch = 0;
+  int64_t* record = nullptr;
+  int64_t* feed = nullptr;
+  bool* finished_after = nullptr;
+  bool* all_finished = nullptr;
+};
+
+cudaError_t launch_decode_advance(const AdvanceArgs& args, cudaStream_t stream);
+
 // Infrastructure for the guided_sample kernel and its tests (not registered as an op): writes
 // out[r * out_row_stride + c] = tita::gumbel_at(address of row r, c) for r < rows, c < vocab, the
 // address built on the device from noise exactly as the CPU kernel builds it.
