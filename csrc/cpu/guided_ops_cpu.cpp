@@ -147,12 +147,15 @@ TITA_CPU_CLONES void write_logprobs(const Row& in, const RowOutcome& o, int64_t 
 
 constexpr int64_t kMinSliceIds = 8192;
 // Below this many ids per thread, waking the thread pool costs more than the scan it would share
-// (a decode step of a small-vocabulary model: B=8 x V=512 runs inline).
-constexpr int64_t kMinIdsPerThread = 32768;
+// (a decode step of a small-vocabulary model: B=8 x V=512 runs inline). Sampling costs several
+// times more per id than a greedy scan (noise, candidate buffers), so it shares smaller work.
+constexpr int64_t kMinIdsPerThreadGreedy = 32768;
+constexpr int64_t kMinIdsPerThreadSampling = 2048;
 
 // at::parallel_for grain (items per thread at least) for items of `ids_per_item` ids each.
-int64_t grain_for(int64_t ids_per_item) {
-  return std::max<int64_t>(1, kMinIdsPerThread / std::max<int64_t>(1, ids_per_item));
+int64_t grain_for(int64_t ids_per_item, bool sampling) {
+  const int64_t min_ids = sampling ? kMinIdsPerThreadSampling : kMinIdsPerThreadGreedy;
+  return std::max<int64_t>(1, min_ids / std::max<int64_t>(1, ids_per_item));
 }
 
 // How many vocabulary slices each row is cut into so that every thread has work.
@@ -176,7 +179,9 @@ struct Plan {
   // Scan every (row, slice), merge the slices of each row, finish each row.
   void run(bool choose, std::vector<RowOutcome>& outcomes, std::vector<RangeState>& merged) {
     std::vector<RangeState> parts(batch * slices);
-    const int64_t grain = grain_for(vocab / slices);
+    bool sampling = false;
+    for (const ScanTask& t : tasks) sampling = sampling || !t.config.greedy;
+    const int64_t grain = grain_for(vocab / slices, sampling);
     at::parallel_for(0, batch * slices, grain, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t row = item / slices;
@@ -185,7 +190,7 @@ struct Plan {
         scan_range(rows[row], tasks[row], v0, v1, parts[item]);
       }
     });
-    at::parallel_for(0, batch, grain_for(vocab), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch, grain_for(vocab, sampling), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         RowOutcome& o = outcomes[row];
         if (!tasks[row].config.valid) {
@@ -317,7 +322,8 @@ at::Tensor guided_logprobs_cpu(const at::Tensor& base, const at::Tensor& reward,
   std::vector<RangeState> merged(batch);
   plan.run(/*choose=*/false, outcomes, merged);
 
-  at::parallel_for(0, batch * plan.slices, grain_for(vocab / plan.slices), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * plan.slices, grain_for(vocab / plan.slices, /*sampling=*/false),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t row = item / plan.slices, s = item % plan.slices;
       float* row_out = data + row * width;
