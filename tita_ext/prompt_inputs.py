@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-VLM_FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl")
+from .adapters import family_for
+
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
@@ -35,7 +36,7 @@ class Preprocessor:
 
     @property
     def is_vlm(self) -> bool:
-        return self.family in VLM_FAMILIES
+        return family_for(self.family).is_vlm
 
     @property
     def image_token(self) -> str | None:
@@ -50,7 +51,7 @@ class Preprocessor:
 
 def family_of(model_type: str) -> str:
     """The family of a config's model_type: a supported VLM, or "causal_lm" for anything else."""
-    return model_type if model_type in VLM_FAMILIES else "causal_lm"
+    return family_for(model_type).name
 
 
 def load_preprocessor(folder: str, family: str) -> Preprocessor:

@@ -30,11 +30,14 @@ _FAMILIES = {
 }
 
 
-def model_family(model: torch.nn.Module) -> Family:
-    """The family of a transformers model, from its config's model_type (anything else is
-    driven as a plain causal LM)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", "")
+def family_for(model_type: str) -> Family:
+    """The family of a config's model_type (anything unknown is driven as a plain causal LM)."""
     return _FAMILIES.get(model_type, Family("causal_lm"))
+
+
+def model_family(model: torch.nn.Module) -> Family:
+    """The family of a transformers model, from its config's model_type."""
+    return family_for(getattr(getattr(model, "config", None), "model_type", ""))
 
 
 def image_token_id(model: torch.nn.Module) -> int | None:
