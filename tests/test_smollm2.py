@@ -45,6 +45,8 @@ def smol():
     model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE).eval()
     print(f"\nSmolLM2-135M loaded in {time.perf_counter() - start:.1f} s ({model.dtype})")
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # transformers 5.17's GGUF tokenizer has none (5.23 sets one)
+        tokenizer.pad_token = tokenizer.eos_token
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                            add_generation_prompt=True) for q in QUESTIONS]
     inputs = tokenizer(texts, return_tensors="pt", padding=True)

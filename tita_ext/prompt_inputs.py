@@ -69,10 +69,16 @@ def load_preprocessor(folder: str, family: str) -> Preprocessor:
     if hasattr(processor, "tokenizer"):
         return Preprocessor(family, processor.tokenizer, processor=processor)
     if family in QWEN_FAMILIES:
-        # The tokenizer and the image processor (AutoImageProcessor picks the PIL one when
-        # torchvision is missing) do what the processor does for images.
+        # The tokenizer and the image processor do what the processor does for images. Without
+        # torchvision, AutoImageProcessor picks the PIL one (transformers >= 5.18) or refuses
+        # (5.17): then load the PIL one (Qwen2.5-VL uses Qwen2-VL's) by name.
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        images = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        try:
+            images = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        except ImportError:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+            images = Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
         return Preprocessor(family, tokenizer, image_processor=images)
     raise ValueError(f"{folder!r} holds a {family} model but no processor: save the model's processor there "
                      "too (processor.save_pretrained(folder))")
