@@ -154,6 +154,13 @@ def test_nan_logits_name_the_row_and_step():
         reward.get_output_embeddings().weight.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"failed for row 0 at new token 0: no allowed token has a finite score"):
         run(p, p.inputs(), reward=reward)
+    # Streaming and stop strings see pad for the failed rows, and the same error follows.
+    from transformers import TextStreamer
+
+    with pytest.raises(ValueError, match=r"failed for row 0 at new token 0"):
+        run(p, p.inputs(), reward=reward, tokenizer=tokenizer(), stop_strings=["cube"])
+    with pytest.raises(ValueError, match=r"failed for row 0 at new token 0"):
+        run(p, p.inputs((0,)), reward=reward, tokenizer=tokenizer(), streamer=TextStreamer(tokenizer()))
 
 
 def test_ref_inputs_without_ref_model():

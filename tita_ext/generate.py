@@ -251,12 +251,12 @@ def _decode(runners: dict[str, ModelRunner], sampler: StepSampler, settings: Dec
         records.append(tokens)
         befores.append(finished)
         finished = after
-        if need_host_tokens:
-            host_tokens = tokens.tolist()
+        if need_host_tokens:  # feed: the tokens, with pad for a row that failed (-1; raised after the loop)
+            host_tokens = feed.view(-1).cpu()
             if streamer is not None:
-                streamer.put(tokens.cpu())
+                streamer.put(host_tokens)
             if stops is not None:
-                hit = stops.update(host_tokens, (~befores[-1]).tolist())
+                hit = stops.update(host_tokens.tolist(), (~befores[-1]).tolist())
                 if hit:
                     stop_rows.update(hit)
                     finished[hit] = True
