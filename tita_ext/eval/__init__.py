@@ -1,0 +1,23 @@
+"""Evaluation of guided decoding: POPE (object-hallucination yes/no questions).
+
+`parse_answer` and `pope_metrics` score answers (`tita_ext.eval.pope`); `evaluate_pope` runs the
+base model and TITA at a sweep of alphas over POPE splits and `write_results` saves the JSON and
+the F1-against-alpha plot (`tita_ext.eval.run_pope`); `tita_ext.eval.cli_pope` is the
+`tita-ext eval-pope` command.
+"""
+
+from .pope import normalize_label, parse_answer, pope_metrics, reference_parse
+from .run_pope import POPE_TEMPLATE, SPLITS, evaluate_pope, format_table, load_questions, write_results
+
+__all__ = [
+    "parse_answer",
+    "reference_parse",
+    "normalize_label",
+    "pope_metrics",
+    "evaluate_pope",
+    "load_questions",
+    "write_results",
+    "format_table",
+    "POPE_TEMPLATE",
+    "SPLITS",
+]
