@@ -3,6 +3,8 @@
     tita-ext generate --base DIR --reward DIR [--ref DIR] [--image FILE] --prompt TEXT [options]
     tita-ext demo [--alpha A] [--color red] [--save-demo-models DIR] [options]
     tita-ext eval-pope --base DIR --reward DIR --data DIR [--alphas ...] (tita_ext/eval/cli_pope.py)
+    tita-ext pairs --base DIR --data FILE.jsonl --out pairs.jsonl [options] (tita_ext/training/cli_train.py)
+    tita-ext train-reward --init DIR --pairs pairs.jsonl --out DIR [options] (tita_ext/training/cli_train.py)
     tita-ext                  (the demo)
 
 `main` returns the exit code (0 ok, 2 usage or input error), so the console script's
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from .eval import cli_pope
+from .training import cli_train
 from .generate import GuidedOutput, guided_generate
 from .prompt_inputs import Preprocessor, build_inputs, family_of, load_preprocessor
 from .setup_checks import check_tokenizers
@@ -58,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="TITA guided decoding: a small reward model steers a base model token by token. "
                                "Without a command, runs the built-in demo.")
-    commands = parser.add_subparsers(dest="command", metavar="{generate,demo,eval-pope}", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="{generate,demo,eval-pope,pairs,train-reward}",
+                                     required=True)
     sampling = _sampling_arguments()
 
     gen = commands.add_parser("generate", parents=[sampling], help="decode with local Hugging Face model folders",
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also save the tiny models, processor and image to DIR/base, DIR/reward, DIR/demo.png")
 
     cli_pope.add_parser(commands)
+    cli_train.add_parser(commands)
     return parser
 
 
@@ -270,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error argparse has printed
         return done.code if isinstance(done.code, int) else 2
     _quiet_transformers()
-    run = {"generate": run_generate, "demo": run_demo, "eval-pope": cli_pope.run}[args.command]
+    run = {"generate": run_generate, "demo": run_demo, "eval-pope": cli_pope.run,
+           "pairs": cli_train.run, "train-reward": cli_train.run}[args.command]
     try:
         return run(args)
     except (CLIError, ValueError, TypeError, OSError, ImportError) as error:

@@ -107,12 +107,14 @@ def tiny_llama(*, hidden_size: int = 64, layers: int = 2, vocab_width: int = VOC
 
 
 def tiny_llava(*, hidden_size: int = 64, layers: int = 2, vocab_width: int = VOCAB_WIDTH, seed: int = 0,
-               init_std: float = 0.02):
-    """A `LlavaForConditionalGeneration`: one-layer CLIP vision tower on 32x32 images, Llama text."""
+               init_std: float = 0.02, vision_hidden_size: int = 32, vision_layers: int = 1):
+    """A `LlavaForConditionalGeneration`: a small CLIP vision tower on 32x32 images (8-pixel
+    patches: 16 image tokens), Llama text."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
+    vision = CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                              num_hidden_layers=vision_layers, num_attention_heads=2, image_size=IMAGE_SIZE,
+                              patch_size=PATCH_SIZE, projection_dim=vision_hidden_size)
     text = LlamaConfig(**_text_config(hidden_size, layers, vocab_width, init_std))
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID,
                          vision_feature_layer=-1, vision_feature_select_strategy="default",

@@ -7,12 +7,30 @@
 (relative to --data, or to --images). `add_parser` adds the subcommand to the `tita-ext`
 parser; `run` executes it. The model loading helpers of `tita_ext.cli` are imported when used,
 so `tita_ext.cli` may import this module at its top.
+
+Several GPUs or processes (see `tita_ext.eval.sharding`): under a launcher the questions are
+split over the processes and the answers gathered before scoring; rank 0 alone prints the table
+and writes the JSON and the plot, which equal a single process's (timings aside):
+
+    torchrun --nproc_per_node 4 -m tita_ext eval-pope ... --device auto
+    accelerate launch --multi_gpu --num_processes 4 -m tita_ext eval-pope ... --device auto
+
+`--device auto` puts each process's models on cuda:LOCAL_RANK (the CPU without CUDA); `--device
+cuda` does too. A base model too big for one GPU: `--device-map auto` loads it with
+`from_pretrained(..., device_map="auto")`, sharded over the visible GPUs (under a launcher with
+several processes per machine, each takes its own contiguous group of them, `rank_gpus`). The
+reward model then goes to the base's input-embedding device, which is where the base's logits
+come back (accelerate's dispatch returns the top module's outputs on its input device):
+`guided_generate` needs both models' logits on one device, and this is checked with a one-token
+forward before the evaluation starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+
+from typing import Any
 
 from .run_pope import POPE_TEMPLATE, SPLITS
 
@@ -48,7 +66,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="PNG of F1 against alpha (default f1.png; needs matplotlib)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="the models' dtype (default float32)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                        help="cpu (default); cuda: cuda:LOCAL_RANK under a launcher (torchrun, accelerate launch), "
+                             "else cuda:0; auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    parser.add_argument("--device-map", choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                        metavar="MAP", help="shard the base model over the visible GPUs with Hugging Face's "
+                                            "device_map (e.g. auto; needs accelerate); the reward model goes "
+                                            "where the base's logits are (--device is then not used)")
+    parser.add_argument("--keep-answers", action="store_true",
+                        help="also write every answer's text in the results JSON (per split and setting, "
+                             "in the question file's order)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -68,21 +95,75 @@ def split_files(data: str, splits: list[str]) -> dict[str, pathlib.Path]:
     return files
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load the models, evaluate every split, print the table, write the JSON and the plot.
-    Input problems raise CLIError / ValueError (printed by `tita_ext.cli.main`, exit code 2)."""
+def pick_device(choice: str, shard) -> "torch.device":
+    """--device as a torch device for this rank (`Shard.device` for auto and cuda)."""
     import torch
 
+    from ..cli import CLIError
+
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda was given but torch sees no CUDA device")
+    device = shard.device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def load_base_device_map(folder: str, pre: Any, dtype: "torch.dtype", device_map: str, shard) -> "torch.nn.Module":
+    """The base model loaded with from_pretrained(device_map=...): sharded over the visible GPUs,
+    or over this rank's group of them (`rank_gpus`) when several processes share a machine."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from .sharding import rank_gpus
+
+    auto = AutoModelForImageTextToText if pre.is_vlm else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {}
+    if torch.cuda.is_available() and shard.distributed:
+        gpus = rank_gpus(shard)
+        # only this rank's GPUs (no CPU offload), 90% of their free memory
+        kwargs["max_memory"] = {gpu: int(torch.cuda.mem_get_info(gpu)[0] * 0.9) for gpu in gpus}
+    model = auto.from_pretrained(folder, dtype=dtype, local_files_only=True, device_map=device_map, **kwargs)
+    return model.eval()
+
+
+def check_logits_device(base: "torch.nn.Module", device: "torch.device") -> None:
+    """The base's logits must come out on `device` (the reward model's): one token through it."""
+    import torch
+
+    from ..cli import CLIError
+
+    config = base.config
+    special = {getattr(config, name, None) for name in ("image_token_id", "image_token_index", "video_token_id")}
+    token = next(i for i in range(len(special) + 1) if i not in special)  # a text token, no image needed
+    with torch.inference_mode():
+        logits = base(input_ids=torch.full((1, 1), token, dtype=torch.int64, device=device)).logits
+    if logits.device != device:
+        raise CLIError(f"the base model (device_map {getattr(base, 'hf_device_map', None)}) returns its logits on "
+                       f"{logits.device}, not on {device} where the reward model is: guided decoding needs both "
+                       "on one device")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the models, evaluate every split, print the table, write the JSON and the plot.
+    Input problems raise CLIError / ValueError (printed by `tita_ext.cli.main`, exit code 2).
+    Under a launcher (RANK / WORLD_SIZE set) each process answers its share of the questions and
+    rank 0 alone prints and writes."""
     from ..cli import DTYPES, CLIError, load_model, load_preprocessors
+    from ..adapters.runner import model_device
     from ..setup_checks import check_tokenizers
     from .run_pope import evaluate_pope, format_table, load_questions, write_results
+    from .sharding import close_process_group, detect_shard
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be at least 1, got {args.limit}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda was given but torch sees no CUDA device")
+    shard = detect_shard()
+    device_map = getattr(args, "device_map", None)
+    device = pick_device(args.device, shard)
     template = args.template.replace("\\n", "\n")  # a "\n" typed in a shell is a newline
     try:
         template.format(question="?")
@@ -93,14 +174,25 @@ def run(args: argparse.Namespace) -> int:
     questions = {split: load_questions(path, args.limit) for split, path in split_files(args.data, args.splits).items()}
     pres = load_preprocessors({"base": args.base, "reward": args.reward})
     check_tokenizers(pres["base"].tokenizer, pres["reward"].tokenizer, "reward")
-    base = load_model(args.base, pres["base"], DTYPES[args.dtype], args.device)
-    reward = load_model(args.reward, pres["reward"], DTYPES[args.dtype], args.device)
+    if device_map is not None:
+        base = load_base_device_map(args.base, pres["base"], DTYPES[args.dtype], device_map, shard)
+        device = model_device(base)  # where its inputs go and its logits come back
+        check_logits_device(base, device)
+    else:
+        base = load_model(args.base, pres["base"], DTYPES[args.dtype], device)
+    reward = load_model(args.reward, pres["reward"], DTYPES[args.dtype], device)
     reward_pre = pres["reward"] if pres["reward"].family != pres["base"].family else None
-    results = evaluate_pope(base, reward, pres["base"], questions, args.images or args.data, args.alphas,
-                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            template=template, reward_processor=reward_pre, unparsed=args.unparsed,
-                            progress=not args.no_progress)
-    print(format_table(results))
-    write_results(results, args.out, args.plot)
-    print(f"wrote {args.out} and {args.plot} ({results['seconds']:.1f} s)")
+    try:
+        results = evaluate_pope(base, reward, pres["base"], questions, args.images or args.data, args.alphas,
+                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                template=template, reward_processor=reward_pre, unparsed=args.unparsed,
+                                keep_answers=getattr(args, "keep_answers", False),
+                                progress=not args.no_progress, shard=shard)
+    finally:
+        close_process_group()
+    if shard.is_main:
+        print(format_table(results))
+        write_results(results, args.out, args.plot)
+        ranks = f" over {shard.world_size} processes" if shard.distributed else ""
+        print(f"wrote {args.out} and {args.plot} ({results['seconds']:.1f} s{ranks})")
     return 0

@@ -4,6 +4,13 @@ at a sweep of alphas, score them, and write a results JSON and a plot of F1 agai
 Question files are JSON lines, one question per line: {"image": "path relative to the image
 folder", "question": "Is there a dog in the image?", "label": "yes" | "no"} (the official POPE
 files' "text" key is read as "question" too; other keys are ignored).
+
+Several processes: under torchrun or accelerate launch (RANK / WORLD_SIZE / LOCAL_RANK in the
+environment) `evaluate_pope` answers only its rank's share of each split (`shard_questions`,
+strided), gathers every rank's answers back in the file's order (`gather_answers`, gloo) and
+scores them once, so every rank returns the metrics of the whole split, equal to a single
+process's; only rank 0 draws progress bars. The caller writes files on `Shard.is_main` only (as
+`tita-ext eval-pope` does). See `tita_ext.eval.sharding`.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from ..adapters.runner import model_device
 from ..generate import guided_generate
 from ..prompt_inputs import Preprocessor, build_inputs, family_of
 from ..setup_checks import text_tokenizer
 from .pope import normalize_label, parse_answer, pope_metrics
+from .sharding import Shard, detect_shard, gather_answers, shard_questions
 
 POPE_TEMPLATE = "USER: <image>\n{question} Answer yes or no. ASSISTANT:"
 SPLITS = ("random", "popular", "adversarial")
@@ -134,7 +143,7 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
                   image_folder: str | pathlib.Path, alphas: Sequence[float] = DEFAULT_ALPHAS, *,
                   batch_size: int = 8, max_new_tokens: int = 4, tokenizer: Any = None,
                   template: str = POPE_TEMPLATE, reward_processor: Any = None, unparsed: str = "no",
-                  keep_answers: bool = False, progress: bool = True) -> dict[str, Any]:
+                  keep_answers: bool = False, progress: bool = True, shard: Shard | None = None) -> dict[str, Any]:
     """Answer every split's questions with the base alone and TITA at each alpha; score them.
 
     Args:
@@ -152,12 +161,17 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
         reward_processor: the reward model's own processor when its family differs from the base's.
         unparsed: what an undecidable answer counts as ("no"; see `tita_ext.eval.pope`).
         keep_answers: also return each split's raw answer texts.
-        progress: tqdm bars, one per split, over its questions.
+        progress: tqdm bars, one per split, over its questions (on rank 0 only).
+        shard: this process's `Shard` (default: `detect_shard()`, from a launcher's RANK /
+            WORLD_SIZE / LOCAL_RANK; rank 0 of 1 without one). With several ranks each answers
+            its share of every split and the answers are gathered onto every rank before
+            scoring: every rank must call this with the same questions and settings, and gets
+            the same results.
 
     Returns:
         {"splits": {split: {"base": metrics, "alphas": {alpha: metrics}, "seconds": float,
         ["answers": {"base": [str], alpha: [str]}]}}, "alphas": [float], "template": str,
-        "max_new_tokens": int, "batch_size": int, "unparsed": str, "seconds": float};
+        "max_new_tokens": int, "batch_size": int, "unparsed": str, "world_size": int, "seconds": float};
         metrics as `pope_metrics` returns them (0-100 scale).
     """
     from tqdm.auto import tqdm
@@ -171,7 +185,8 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
     folder = pathlib.Path(image_folder)
     sweep = [float(a) for a in alphas]
     runs: list[float] = [0.0] + [a for a in dict.fromkeys(sweep) if a != 0.0]  # the base first, each alpha once
-    device = next(base.parameters()).device
+    device = model_device(base)  # where the inputs go (the input embeddings', also under a device_map)
+    shard = detect_shard() if shard is None else shard
     started = time.perf_counter()
     results: dict[str, Any] = {"splits": {}}
     for split, records in questions.items():
@@ -180,9 +195,11 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
         else:
             items = [as_question(r, f"{split} question {i}") for i, r in enumerate(records)]
         split_start = time.perf_counter()
+        mine = shard_questions(items, shard)
         answers: dict[float, list[str]] = {alpha: [] for alpha in runs}
-        bar = tqdm(total=len(items), desc=f"POPE {split}", unit="q", disable=not progress)
-        for chunk in _batches(items, batch_size):
+        desc = f"POPE {split}" + (f" (rank 0 of {shard.world_size})" if shard.distributed else "")
+        bar = tqdm(total=len(mine), desc=desc, unit="q", disable=not (progress and shard.is_main))
+        for chunk in _batches([q for _, q in mine], batch_size):
             images = [_load_image(folder, q["image"]) for q in chunk]
             prompts = [make_prompt(template, q["question"], pre) for q in chunk]
             inputs = collate_left([build_inputs(pre, p, im) for p, im in zip(prompts, images)], pad_id)
@@ -196,6 +213,10 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
                 answers[alpha] += answer_batch(base, reward, inputs, alpha, tokenizer, max_new_tokens, reward_inputs)
             bar.update(len(chunk))
         bar.close()
+        if shard.distributed:  # every rank's answers, in the split's order, on every rank
+            local = [(index, tuple(answers[a][row] for a in runs)) for row, (index, _) in enumerate(mine)]
+            rows = gather_answers(local, shard, len(items))
+            answers = {alpha: [row[column] for row in rows] for column, alpha in enumerate(runs)}
         labels = [q["label"] for q in items]
         scores = {alpha: pope_metrics(labels, [parse_answer(t) for t in texts], unparsed=unparsed)
                   for alpha, texts in answers.items()}
@@ -205,7 +226,7 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
             split_result["answers"] = {"base": answers[0.0], **{a: answers[a] for a in sweep}}
         results["splits"][split] = split_result
     results.update(alphas=sweep, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                   unparsed=unparsed, seconds=time.perf_counter() - started)
+                   unparsed=unparsed, world_size=shard.world_size, seconds=time.perf_counter() - started)
     return results
 
 
