@@ -11,7 +11,6 @@ pair) and for text-only causal LMs (pairs without an image).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from typing import Iterable, Sequence
@@ -19,6 +18,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .loop import index_batches, optimizer_step, total_steps
 from .pairs import PreferencePair, _as_pair, _tokenizer, load_image
 
 IGNORE_INDEX = -100
@@ -172,8 +172,7 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
     pairs = [_as_pair(p) for p in pairs]
     if not pairs:
         raise ValueError("no preference pairs to train on")
-    if batch_size < 1 or epochs < 1 or (max_steps is not None and max_steps < 1):
-        raise ValueError(f"batch_size, epochs and max_steps must be >= 1, got {batch_size}, {epochs}, {max_steps}")
+    total = total_steps(len(pairs), batch_size, epochs, max_steps)
     if ref_model is None:
         ref_model = copy.deepcopy(model)
     ref_model.eval().requires_grad_(False)
@@ -184,36 +183,26 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     device, dtype = params[0].device, next(p.dtype for p in model.parameters() if p.is_floating_point())
 
-    total = epochs * math.ceil(len(pairs) / batch_size) if max_steps is None else max_steps
     history = {"losses": [], "chosen_rewards": [], "rejected_rewards": [], "reward_accuracies": []}
-    generator = torch.Generator().manual_seed(seed)
     bar = tqdm(total=total, desc="dpo", unit="step", disable=not progress)
     started, step = time.perf_counter(), 0
-    while step < total:
-        order = torch.randperm(len(pairs), generator=generator).tolist()
-        for start in range(0, len(order), batch_size):
-            if step >= total:
-                break
-            chunk = [pairs[i] for i in order[start:start + batch_size]]
-            batch = _to_device(encode_pairs(processor, chunk, images_root, separator=separator,
-                                            append_eos=append_eos), device, dtype)
-            n = len(chunk)
-            policy = response_logprobs(model, batch)
-            with torch.no_grad():
-                ref = response_logprobs(ref_model, batch)
-            loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            step += 1
-            history["losses"].append(float(loss.detach()))
-            history["chosen_rewards"].append(float(chosen.mean()))
-            history["rejected_rewards"].append(float(rejected.mean()))
-            history["reward_accuracies"].append(float((chosen > rejected).float().mean()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{history['losses'][-1]:.4f}", acc=f"{history['reward_accuracies'][-1]:.2f}")
+    for indices in index_batches(len(pairs), batch_size, total, seed):
+        chunk = [pairs[i] for i in indices]
+        batch = _to_device(encode_pairs(processor, chunk, images_root, separator=separator,
+                                        append_eos=append_eos), device, dtype)
+        n = len(chunk)
+        policy = response_logprobs(model, batch)
+        with torch.no_grad():
+            ref = response_logprobs(ref_model, batch)
+        loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
+        optimizer_step(optimizer, params, loss, max_grad_norm)
+        step += 1
+        history["losses"].append(float(loss.detach()))
+        history["chosen_rewards"].append(float(chosen.mean()))
+        history["rejected_rewards"].append(float(rejected.mean()))
+        history["reward_accuracies"].append(float((chosen > rejected).float().mean()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{history['losses'][-1]:.4f}", acc=f"{history['reward_accuracies'][-1]:.2f}")
     bar.close()
     optimizer.zero_grad(set_to_none=True)
     return dict(model=model.eval(), steps=step, seconds=time.perf_counter() - started, **history)

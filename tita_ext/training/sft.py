@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from .dpo import _to_device, _tokenizer, collate_rows, encode_row
+from .loop import index_batches, optimizer_step, total_steps
 
 
 def encode_examples(processor, examples: Sequence[tuple], *, separator: str = " ", progress: bool = True) -> list[dict]:
@@ -34,36 +35,24 @@ def train_sft(model, processor, rows: Sequence[dict], *, lr: float = 3e-3, epoch
 
     if not rows:
         raise ValueError("no training rows")
-    if batch_size < 1 or epochs < 1 or (max_steps is not None and max_steps < 1):
-        raise ValueError(f"batch_size, epochs and max_steps must be >= 1, got {batch_size}, {epochs}, {max_steps}")
+    total = total_steps(len(rows), batch_size, epochs, max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     device, dtype = params[0].device, next(p.dtype for p in model.parameters() if p.is_floating_point())
     tokenizer = _tokenizer(processor)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    steps_per_epoch = -(-len(rows) // batch_size)
-    total = epochs * steps_per_epoch if max_steps is None else max_steps
-    generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     model.train()
     bar = tqdm(total=total, desc="sft", unit="step", disable=not progress)
     started, step = time.perf_counter(), 0
-    while step < total:
-        order = torch.randperm(len(rows), generator=generator).tolist()
-        for start in range(0, len(order), batch_size):
-            if step >= total:
-                break
-            batch = _to_device(collate_rows([rows[i] for i in order[start:start + batch_size]], pad), device, dtype)
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    for indices in index_batches(len(rows), batch_size, total, seed):
+        batch = _to_device(collate_rows([rows[i] for i in indices], pad), device, dtype)
+        loss = model(**batch).loss
+        optimizer_step(optimizer, params, loss, max_grad_norm)
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
     optimizer.zero_grad(set_to_none=True)
     return dict(model=model.eval(), losses=losses, steps=step, seconds=time.perf_counter() - started)
