@@ -213,3 +213,13 @@ def test_bad_arguments():
         World(seed=0, bias=1.5)
     with pytest.raises(ValueError, match="split"):
         World(seed=0).scenes(3, "val")
+
+
+def test_shape_colors_fix_each_shapes_colour_and_keep_the_layout():
+    from tita_ext.world import SHAPE_COLORS
+
+    plain, fixed = World(seed=4), World(seed=4, shape_colors=True)
+    for a, b in zip(plain.scenes(50), fixed.scenes(50)):
+        assert [(o.shape, o.x, o.y, o.size) for o in a.objects] == [(o.shape, o.x, o.y, o.size) for o in b.objects]
+        assert all(o.color == SHAPE_COLORS[o.shape] for o in b.objects)
+    assert len(set(SHAPE_COLORS.values())) == len(SHAPE_COLORS)

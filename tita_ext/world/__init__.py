@@ -14,12 +14,12 @@ questions on held-out scenes (adversarial split: the absent companion) expose th
 
 from .pope import POPE_SPLITS, image_name, pope_questions, write_pope
 from .render import render
-from .scenes import (BACKGROUND, COLORS, COMPANION, PAIRS, SHAPES, Scene, SceneObject, World, companion_rate,
-                     object_counts, shape_set_distribution)
+from .scenes import (BACKGROUND, COLORS, COMPANION, PAIRS, SHAPE_COLORS, SHAPES, Scene, SceneObject, World,
+                     companion_rate, object_counts, shape_set_distribution)
 from .text import CAPTION_QUESTION, caption, format_prompt, qa_examples, yes_no_question
 
 __all__ = [
     "World", "Scene", "SceneObject", "render", "caption", "qa_examples", "format_prompt", "yes_no_question",
     "CAPTION_QUESTION", "pope_questions", "write_pope", "image_name", "POPE_SPLITS", "PAIRS", "SHAPES",
-    "COMPANION", "COLORS", "BACKGROUND", "object_counts", "companion_rate", "shape_set_distribution",
+    "COMPANION", "COLORS", "SHAPE_COLORS", "BACKGROUND", "object_counts", "companion_rate", "shape_set_distribution",
 ]

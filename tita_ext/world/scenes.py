@@ -185,6 +185,10 @@ def _place(rng: random.Random, shapes: Sequence[str], colors: Sequence[str], ima
 # The world
 
 
+# One colour per shape, for World(shape_colors=True).
+SHAPE_COLORS: dict[str, str] = dict(zip(SHAPES, ("red", "blue", "green", "yellow", "white", "black")))
+
+
 class World:
     """A seeded generator of scenes with a companion co-occurrence bias.
 
@@ -197,11 +201,14 @@ class World:
         pair_weights: relative popularity of the pairs (cube/ball, cone/ring, star/box).
         max_objects: at most this many objects (distinct shapes) per scene, 1 to 3.
         size_range: object side as a fraction of `image_size` (min, max).
+        shape_colors: draw every shape in its own fixed colour (SHAPE_COLORS) instead of a random
+            one. A vision tower small enough to train on a CPU in minutes tells colours apart long
+            before shapes, so the demo's tiny models see the world this way.
     """
 
     def __init__(self, seed: int, image_size: int = 64, bias: float = 0.9, *, test_bias: float | None = 0.5,
                  pair_weights: Sequence[float] = (3.0, 2.0, 1.0), max_objects: int = 3,
-                 size_range: tuple[float, float] = (0.28, 0.4)) -> None:
+                 size_range: tuple[float, float] = (0.28, 0.4), shape_colors: bool = False) -> None:
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
         if not 0.0 < size_range[0] <= size_range[1] <= 0.45:
@@ -213,6 +220,7 @@ class World:
         self.pair_weights = tuple(float(w) for w in pair_weights)
         self.max_objects = max_objects
         self.size_range = (float(size_range[0]), float(size_range[1]))
+        self.shape_colors = shape_colors
         for rate in (self.bias, self.test_bias):  # validate both eagerly
             shape_set_distribution(rate, self.pair_weights, max_objects)
 
@@ -249,13 +257,16 @@ class World:
         """One scene: a shape set from the distribution, shuffled, coloured and placed."""
         shapes = list(rng.choices(sets, weights=probs, k=1)[0])
         rng.shuffle(shapes)
-        colors = [rng.choice(list(COLORS)) for _ in shapes]
+        colors = [rng.choice(list(COLORS)) for _ in shapes]  # drawn either way: the same seed, the same layout
+        if self.shape_colors:
+            colors = [SHAPE_COLORS[shape] for shape in shapes]
         objects = _place(rng, shapes, colors, self.image_size, self.size_range)
         return Scene(objects=objects, image_size=self.image_size)
 
     def __repr__(self) -> str:
         return (f"World(seed={self.seed}, image_size={self.image_size}, bias={self.bias}, "
-                f"test_bias={self.test_bias}, pair_weights={self.pair_weights}, max_objects={self.max_objects})")
+                f"test_bias={self.test_bias}, pair_weights={self.pair_weights}, max_objects={self.max_objects}, "
+                f"shape_colors={self.shape_colors})")
 
 
 def _check_split(split: str) -> None:
