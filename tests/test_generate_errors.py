@@ -167,3 +167,10 @@ def test_ref_inputs_without_ref_model():
     p = pair("llama")
     with pytest.raises(ValueError, match="ref_inputs was given without ref_model"):
         run(p, p.inputs(), ref_inputs=p.inputs())
+
+
+def test_step_sampler_refuses_unknown_parameters():
+    from tita_ext.step_sampler import StepSampler
+
+    with pytest.raises(TypeError, match="unknown sampling parameter\\(s\\): top_q"):
+        StepSampler(2, torch.device("cpu"), top_q=0.5)

@@ -214,3 +214,22 @@ def test_bad_arguments_are_refused_at_construction(llama):
     with pytest.raises(ValueError, match="right-padded"):
         right = dict(enc, attention_mask=enc["attention_mask"].flip(1))
         TITALogitsProcessor(reward, right)
+
+
+def test_more_bad_arguments(llama, llava):
+    import copy
+
+    _, reward, enc = llama
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1, got 0"):
+        TITALogitsProcessor(reward, enc, max_new_tokens=0)
+    elsewhere = copy.deepcopy(reward).to("meta")
+    with pytest.raises(ValueError, match=r"ref_model is on meta but reward_model is on cpu.*ref_model.to\('cpu'\)"):
+        TITALogitsProcessor(reward, enc, ref_model=elsewhere)
+    _, llava_reward, _ = llava
+    with pytest.raises(ValueError, match="ref_model is LlavaForConditionalGeneration but reward_model is "
+                                         "LlamaForCausalLM: their processors differ, so pass ref_inputs="):
+        TITALogitsProcessor(reward, enc, ref_model=llava_reward)
+    processor = TITALogitsProcessor(reward, enc)
+    scores = torch.zeros(enc["input_ids"].shape[0], 8, device="meta")
+    with pytest.raises(ValueError, match="generate's scores are on meta but reward_model is on cpu"):
+        processor(enc["input_ids"], scores)

@@ -225,3 +225,23 @@ def test_eval_pope_command(tmp_path, models, capsys):
         cli_pope.run(parser.parse_args(common))  # the default splits: only adversarial exists
     with pytest.raises(CLIError, match="template"):
         cli_pope.run(parser.parse_args(common + ["--splits", "adversarial", "--template", "{image} {question}"]))
+
+
+def test_eval_pope_without_matplotlib_says_so_before_evaluating(tmp_path, monkeypatch):
+    """--plot needs matplotlib: refused up front with what to do; --plot '' needs none."""
+    import importlib.util
+
+    from tita_ext.cli import CLIError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    parser = argparse.ArgumentParser()
+    cli_pope.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval-pope", "--base", str(tmp_path / "missing"), "--reward", str(tmp_path / "missing"),
+                              "--data", str(tmp_path)])
+    with pytest.raises(CLIError, match=r"--plot needs matplotlib: pip install matplotlib .*or pass --plot ''"):
+        cli_pope.run(args)
+    results = {"splits": {}, "alphas": [], "seconds": 0.0}
+    write_results(results, tmp_path / "r.json", "")  # an empty plot path writes no plot
+    assert (tmp_path / "r.json").is_file() and not (tmp_path / "f1.png").exists()

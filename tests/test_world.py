@@ -223,3 +223,18 @@ def test_shape_colors_fix_each_shapes_colour_and_keep_the_layout():
         assert [(o.shape, o.x, o.y, o.size) for o in a.objects] == [(o.shape, o.x, o.y, o.size) for o in b.objects]
         assert all(o.color == SHAPE_COLORS[o.shape] for o in b.objects)
     assert len(set(SHAPE_COLORS.values())) == len(SHAPE_COLORS)
+
+
+def test_bad_world_arguments():
+    with pytest.raises(ValueError, match="image_size must be at least 16, got 8"):
+        World(seed=0, image_size=8)
+    with pytest.raises(ValueError, match=r"size_range must satisfy 0 < min <= max <= 0.45, got \(0.3, 0.5\)"):
+        World(seed=0, size_range=(0.3, 0.5))
+    with pytest.raises(ValueError, match="pair_weights must be 3 positive numbers"):
+        World(seed=0, pair_weights=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="max_objects must be 1, 2 or 3, got 4"):
+        World(seed=0, max_objects=4)
+    with pytest.raises(ValueError, match=r"a positive bias needs room for two objects \(max_objects >= 2\)"):
+        World(seed=0, max_objects=1)
+    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+        World(seed=0).scenes(-1)

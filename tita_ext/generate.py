@@ -14,11 +14,12 @@ from typing import Mapping, Sequence
 import torch
 
 from . import _validate as check
-from .adapters import ModelRunner, model_family
+from .adapters import ModelRunner
 from .contract import STATUS_MEANING
-from .ops import Backend, advance_impl
+from .ops import Backend, advance_impl, as_int64
 from .settings import DecodeSettings, IdList, resolve_settings
-from .setup_checks import check_inputs, check_model, check_same_device, check_tokenizers, text_tokenizer
+from .setup_checks import (check_inputs, check_model, check_same_device, check_tokenizers, inputs_for,
+                           text_tokenizer)
 from .step_sampler import StepSampler
 from .stopping import StopStrings
 
@@ -78,11 +79,11 @@ def _seed_tensor(seed: int | Sequence[int] | torch.Tensor | None, generator: tor
         gen_device = generator.device if generator is not None else torch.device("cpu")
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=gen_device, dtype=torch.int64)
     if isinstance(seed, int) and not isinstance(seed, bool):
-        seed = torch.tensor([(seed + 2**63) % 2**64 - 2**63], dtype=torch.int64)
+        seed = torch.tensor([as_int64(seed)], dtype=torch.int64)
     elif isinstance(seed, (list, tuple)):
         if len(seed) != batch or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
             raise ValueError(f"a per-row seed must be a list of {batch} ints, got {seed!r}")
-        seed = torch.tensor([(s + 2**63) % 2**64 - 2**63 for s in seed], dtype=torch.int64)
+        seed = torch.tensor([as_int64(s) for s in seed], dtype=torch.int64)
     if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.numel() not in (1, batch):
         raise ValueError(f"seed must be an int, a list of {batch} ints, an int64 tensor of 1 or {batch} values, "
                          f"or None; got {seed!r}")
@@ -179,12 +180,7 @@ def guided_generate(
     for role, model in models.items():
         if role == "base":
             continue
-        if given_inputs[role] is None:
-            if model_family(model).name != model_family(base_model).name:
-                raise ValueError(f"{role}_model is {type(model).__name__} but base_model is "
-                                 f"{type(base_model).__name__}: their processors differ, so pass {role}_inputs= "
-                                 f"(the {role} model's processor output for the same prompts)")
-            given_inputs[role] = inputs
+        given_inputs[role] = inputs_for(role, model, given_inputs[role], "base", base_model, inputs)
         check_inputs(role, model, given_inputs[role], batch)
     for role, other in (("reward", reward_tokenizer), ("ref", ref_tokenizer)):
         if other is not None:

@@ -14,10 +14,9 @@ import torch
 from transformers import LogitsProcessor
 
 from . import _validate as check
-from .adapters import ModelRunner, model_family
-from .adapters.runner import model_device
+from .adapters import ModelRunner
 from .ops import Backend
-from .setup_checks import check_inputs, check_model, text_tokenizer
+from .setup_checks import check_inputs, check_model, check_same_device, inputs_for, text_tokenizer
 from .step_sampler import StepSampler
 
 
@@ -73,12 +72,7 @@ class TITALogitsProcessor(LogitsProcessor):
         self.inputs = {"reward": reward_inputs}
         if ref_model is not None:
             self.models["ref"] = ref_model
-            if ref_inputs is None:
-                if model_family(ref_model).name != model_family(reward_model).name:
-                    raise ValueError(f"ref_model is {type(ref_model).__name__} but reward_model is "
-                                     f"{type(reward_model).__name__}: their processors differ, so pass ref_inputs= "
-                                     "(the ref model's processor output for the same prompts)")
-                ref_inputs = reward_inputs
+            ref_inputs = inputs_for("ref", ref_model, ref_inputs, "reward", reward_model, reward_inputs)
             self.inputs["ref"] = ref_inputs
         elif ref_inputs is not None:
             raise ValueError("ref_inputs was given without ref_model")
@@ -87,10 +81,7 @@ class TITALogitsProcessor(LogitsProcessor):
         self.batch = check_inputs("reward", reward_model, reward_inputs, None)
         if ref_model is not None:
             check_inputs("ref", ref_model, ref_inputs, self.batch)
-        self.device = model_device(reward_model)
-        if ref_model is not None and model_device(ref_model) != self.device:
-            raise ValueError(f"ref_model is on {model_device(ref_model)} but reward_model is on {self.device}: "
-                             f"move it with ref_model.to('{self.device}')")
+        self.device = check_same_device(self.models)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         self.params = {"alpha": alpha, "plausibility": plausibility}

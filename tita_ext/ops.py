@@ -107,6 +107,30 @@ def _resolve_backend(backend: Backend, device: torch.device) -> str:
     raise ValueError(f"backend must be None, 'compiled', 'triton' or 'reference', got {backend!r}")
 
 
+def sample_impl(resolved: str):
+    """guided_sample's implementation for a resolved backend ("compiled", "triton", "reference"):
+    a callable taking the op's positional arguments (schema order)."""
+    if resolved == "compiled":
+        return torch.ops.tita.guided_sample
+    if resolved == "triton":
+        return torch.ops.tita.guided_sample_triton
+    return reference.guided_sample
+
+
+def logprobs_impl(resolved: str):
+    """guided_logprobs' implementation for a resolved backend (see sample_impl)."""
+    if resolved == "compiled":
+        return torch.ops.tita.guided_logprobs
+    if resolved == "triton":
+        return torch.ops.tita.guided_logprobs_triton
+    return reference.guided_logprobs
+
+
+def as_int64(value: int) -> int:
+    """A Python int as the int64 with the same low 64 bits (seeds may be any 64-bit value)."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
 def _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility):
     """Checked positional arguments shared by both ops (logits, then scalar/per-row pairs)."""
     check.check_logits("base_logits", base_logits)
@@ -136,7 +160,7 @@ def _seed_offset(seed: Seed, offset: int | torch.Tensor, base: torch.Tensor) -> 
     elif isinstance(seed, torch.Tensor):
         seed_t = check.seed_tensor("seed", seed, base)
     elif isinstance(seed, int) and not isinstance(seed, bool):
-        seed_t = _constant((seed + 2**63) % 2**64 - 2**63, device)  # the same 64 bits as int64
+        seed_t = _constant(as_int64(seed), device)  # the same 64 bits as int64
     else:
         raise TypeError(f"seed must be an int, an int64 tensor, a torch.Generator or None, got {type(seed).__name__}")
     if isinstance(offset, torch.Tensor):
@@ -214,13 +238,7 @@ def guided_sample(
     args = _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility)
     seed_t, offset_t = _seed_offset(seed, offset, base_logits)
     vocab = check.vocab_size(vocab_size)
-    chosen = _resolve_backend(backend, base_logits.device)
-    if chosen == "compiled":
-        out = torch.ops.tita.guided_sample(*args, seed_t, offset_t, vocab)
-    elif chosen == "triton":
-        out = torch.ops.tita.guided_sample_triton(*args, seed_t, offset_t, vocab)
-    else:
-        out = reference.guided_sample(*args, seed_t, offset_t, vocab)
+    out = sample_impl(_resolve_backend(backend, base_logits.device))(*args, seed_t, offset_t, vocab)
     result = GuidedSampleOutput(*out)
     if check_status and _may_sync():
         _raise_on_bad_rows("guided_sample", result.status)
@@ -250,12 +268,7 @@ def guided_logprobs(
     """
     args = _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility)
     vocab = check.vocab_size(vocab_size)
-    chosen = _resolve_backend(backend, base_logits.device)
-    if chosen == "compiled":
-        return torch.ops.tita.guided_logprobs(*args, vocab)
-    if chosen == "triton":
-        return torch.ops.tita.guided_logprobs_triton(*args, vocab)
-    return reference.guided_logprobs(*args, vocab)
+    return logprobs_impl(_resolve_backend(backend, base_logits.device))(*args, vocab)
 
 
 def decode_advance(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torch.Tensor, pad_id: int,

@@ -44,14 +44,28 @@ def check_model(role: str, model: object) -> None:
 
 
 def check_same_device(models: Mapping[str, torch.nn.Module]) -> torch.device:
-    """All models must produce logits on one device (the fused op reads them together)."""
+    """All models must produce logits on one device (the fused op reads them together): the first
+    role's device, which the others are checked against."""
     devices = {role: model_device(m) for role, m in models.items()}
-    base = devices["base"]
+    anchor_role, anchor = next(iter(devices.items()))
     for role, device in devices.items():
-        if device != base:
-            raise ValueError(f"{role}_model is on {device} but base_model is on {base}: the models' logits must "
-                             f"meet on one device; move it with {role}_model.to('{base}')")
-    return base
+        if device != anchor:
+            raise ValueError(f"{role}_model is on {device} but {anchor_role}_model is on {anchor}: the models' "
+                             f"logits must meet on one device; move it with {role}_model.to('{anchor}')")
+    return anchor
+
+
+def inputs_for(role: str, model: torch.nn.Module, given: Mapping | None, shared_role: str,
+               shared_model: torch.nn.Module, shared_inputs: Mapping) -> Mapping:
+    """The inputs of `role`'s model: `given`, or else `shared_role`'s, which only a model of the same
+    family (the same processor) can read."""
+    if given is not None:
+        return given
+    if model_family(model).name != model_family(shared_model).name:
+        raise ValueError(f"{role}_model is {type(model).__name__} but {shared_role}_model is "
+                         f"{type(shared_model).__name__}: their processors differ, so pass {role}_inputs= "
+                         f"(the {role} model's processor output for the same prompts)")
+    return shared_inputs
 
 
 def check_inputs(role: str, model: torch.nn.Module, inputs: object, batch: int | None) -> int:

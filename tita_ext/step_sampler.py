@@ -12,9 +12,8 @@ from typing import Sequence
 import torch
 
 from . import _validate as check
-from . import reference
 from .contract import GuidedSampleOutput
-from .ops import Backend, _resolve_backend
+from .ops import Backend, _resolve_backend, logprobs_impl, sample_impl
 
 # Parameter -> the value a caller gets when it does not pass one (alpha: DESIGN's 0.6; the
 # others turn their filter off).
@@ -59,24 +58,16 @@ class StepSampler:
                 self.args.extend(check.param(name, value, probe))
         self.vocab = check.vocab_size(vocab_size)
         self.backend = _resolve_backend(backend, torch.device(device))
+        self._sample = sample_impl(self.backend)
+        self._logprobs = logprobs_impl(self.backend)
 
     def sample(self, base: torch.Tensor, reward: torch.Tensor, ref: torch.Tensor | None,
                seed: torch.Tensor, offset: torch.Tensor) -> GuidedSampleOutput:
         """One token per row. Logits [B, V*] (any float dtype/strides); seed and offset int64 [1]
         or [B] on the logits' device. No status check here: the caller reads `status`."""
-        if self.backend == "compiled":
-            out = torch.ops.tita.guided_sample(base, reward, ref, *self.args, seed, offset, self.vocab)
-        elif self.backend == "triton":
-            out = torch.ops.tita.guided_sample_triton(base, reward, ref, *self.args, seed, offset, self.vocab)
-        else:
-            out = reference.guided_sample(base, reward, ref, *self.args, seed, offset, self.vocab)
-        return GuidedSampleOutput(*out)
+        return GuidedSampleOutput(*self._sample(base, reward, ref, *self.args, seed, offset, self.vocab))
 
     def logprobs(self, base: torch.Tensor, reward: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
         """The filtered guided log-distribution, float32 [B, V_base]."""
-        if self.backend == "compiled":
-            return torch.ops.tita.guided_logprobs(base, reward, ref, *self.args, self.vocab)
-        if self.backend == "triton":
-            return torch.ops.tita.guided_logprobs_triton(base, reward, ref, *self.args, self.vocab)
-        return reference.guided_logprobs(base, reward, ref, *self.args, self.vocab)
+        return self._logprobs(base, reward, ref, *self.args, self.vocab)
 

@@ -75,6 +75,7 @@ def _text_config(hidden_size: int, layers: int, vocab_width: int, init_std: floa
                 tie_word_embeddings=False)
 
 
+@functools.lru_cache(maxsize=1)
 def tokenizer_size() -> int:
     """How many ids the tiny tokenizer has (the rest of every logit row is padding)."""
     return len(tiny_tokenizer())

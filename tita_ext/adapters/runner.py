@@ -15,7 +15,6 @@ from typing import Mapping
 
 import torch
 
-from .family import model_family
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +56,6 @@ class ModelRunner:
         from transformers import DynamicCache
 
         self.model = model
-        self.family = model_family(model)
         self.inputs = forward_inputs(model, inputs)
         input_ids = self.inputs["input_ids"]
         batch, length = input_ids.shape

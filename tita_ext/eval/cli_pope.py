@@ -28,6 +28,7 @@ forward before the evaluation starts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 
 from typing import Any
@@ -63,7 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "POPE scorer's convention is yes)")
     parser.add_argument("--out", default="results.json", metavar="FILE", help="results JSON (default results.json)")
     parser.add_argument("--plot", default="f1.png", metavar="FILE",
-                        help="PNG of F1 against alpha (default f1.png; needs matplotlib)")
+                        help="PNG of F1 against alpha (default f1.png; needs matplotlib; '' for none)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="the models' dtype (default float32)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
@@ -161,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be at least 1, got {args.limit}")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # say so before the evaluation runs
+        raise CLIError("--plot needs matplotlib: pip install matplotlib (or tita-ext[eval]), or pass --plot '' "
+                       "for no plot")
     shard = detect_shard()
     device_map = getattr(args, "device_map", None)
     device = pick_device(args.device, shard)
@@ -194,5 +198,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(results))
         write_results(results, args.out, args.plot)
         ranks = f" over {shard.world_size} processes" if shard.distributed else ""
-        print(f"wrote {args.out} and {args.plot} ({results['seconds']:.1f} s{ranks})")
+        written = " and ".join(path for path in (args.out, args.plot) if path)
+        print(f"wrote {written} ({results['seconds']:.1f} s{ranks})")
     return 0

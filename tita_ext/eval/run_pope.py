@@ -275,12 +275,12 @@ def plot_f1(results: Mapping[str, Any], png_path: str | pathlib.Path) -> None:
 def write_results(results: Mapping[str, Any], json_path: str | pathlib.Path | None,
                   png_path: str | pathlib.Path | None) -> None:
     """The results as JSON (alpha keys as strings) and the F1-against-alpha plot as a PNG
-    (needs matplotlib); either path may be None to skip it. Parent folders are created."""
+    (needs matplotlib); either path may be None (or empty) to skip it. Parent folders are created."""
     if json_path is not None:
         path = pathlib.Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_json_ready(results), indent=2) + "\n", encoding="utf-8")
-    if png_path is not None:
+    if png_path:
         path = pathlib.Path(png_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         plot_f1(results, path)
