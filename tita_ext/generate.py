@@ -137,6 +137,7 @@ def guided_generate(
     reward_tokenizer=None,
     ref_tokenizer=None,
     backend: Backend = None,
+    use_cuda_graph: bool | None = None,
 ) -> GuidedOutput:
     """Decode with the base model guided token by token by a reward model (TITA).
 
@@ -163,15 +164,68 @@ def guided_generate(
             The same seed gives the same tokens on every backend.
         streamer: a transformers streamer (put/end): gets the prompt, then each step's tokens.
         backend: the fused op's backend (None: the compiled kernel when built, else reference).
+        use_cuda_graph: None (default): decode through a cached `GuidedGenerator` (static KV caches,
+            one CUDA graph per batch bucket, reused by later calls with the same models) when the
+            models are on CUDA, the fused op is capture-safe and the models support static caches;
+            otherwise this eager loop on dynamic caches. True: require the graphed generator (an
+            error says why it cannot be used). False: always this eager loop.
 
     Returns:
         GuidedOutput (sequences, new_tokens, logprobs, token_rewards, lengths, finish_reason, timings).
     """
+    if use_cuda_graph not in (None, True, False):
+        raise ValueError(f"use_cuda_graph must be None, True or False, got {use_cuda_graph!r}")
+    kwargs = dict(reward_inputs=reward_inputs, ref_inputs=ref_inputs, alpha=alpha, do_sample=do_sample,
+                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, plausibility=plausibility,
+                  max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                  stop_strings=stop_strings, tokenizer=tokenizer, seed=seed, generator=generator, streamer=streamer,
+                  reward_tokenizer=reward_tokenizer, ref_tokenizer=ref_tokenizer)
     models = {"base": base_model, "reward": reward_model}
-    given_inputs = {"base": inputs, "reward": reward_inputs, "ref": ref_inputs}
     if ref_model is not None:
         models["ref"] = ref_model
-    elif ref_inputs is not None:
+    call = prepare_call(models, inputs, backend=backend, **kwargs)
+    if use_cuda_graph is not False:
+        from .generator import cached_generator
+
+        cached = cached_generator(models, call, backend, use_cuda_graph)
+        if cached is not None:
+            return cached.run(call)
+    with torch.inference_mode():
+        runners = {role: ModelRunner(model, call.inputs[role], call.settings.max_new_tokens)
+                   for role, model in models.items()}
+        return _decode(runners, call.sampler, call.settings, call.seed, call.stops, call.streamer, call.device)
+
+
+@dataclass
+class Call:
+    """A guided_generate call's checked arguments: each role's inputs, the batch size, the
+    resolved settings, the tokenizer's size (or None), the checked sampler, the seed tensor, stop
+    strings, streamer."""
+
+    inputs: dict[str, Mapping[str, object]]
+    batch: int
+    device: torch.device
+    settings: DecodeSettings
+    vocab: int | None
+    sampler: StepSampler
+    seed: torch.Tensor
+    stops: StopStrings | None
+    streamer: object
+
+
+def prepare_call(models: Mapping[str, torch.nn.Module], inputs: Mapping[str, object], *,
+                 reward_inputs: Mapping[str, object] | None = None, ref_inputs: Mapping[str, object] | None = None,
+                 alpha: check.Param = 0.6, do_sample: bool | None = None, temperature: check.Param | None = None,
+                 top_k: check.Param | None = None, top_p: check.Param | None = None, min_p: check.Param | None = None,
+                 plausibility: check.Param = 0.0, max_new_tokens: int | None = None, eos_token_id: IdList = None,
+                 pad_token_id: int | None = None, stop_strings: str | Sequence[str] | None = None, tokenizer=None,
+                 seed: int | Sequence[int] | torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 streamer=None, reward_tokenizer=None, ref_tokenizer=None, backend: Backend = None) -> Call:
+    """Check a call's models and arguments and resolve them (every error before any model runs).
+    models: {"base": ..., "reward": ...[, "ref": ...]}."""
+    base_model = models["base"]
+    given_inputs = {"base": inputs, "reward": reward_inputs, "ref": ref_inputs}
+    if "ref" not in models and ref_inputs is not None:
         raise ValueError("ref_inputs was given without ref_model")
     for role, model in models.items():
         check_model(role, model)
@@ -199,11 +253,8 @@ def guided_generate(
     sampler = StepSampler(batch, device, vocab_size=vocab_size, backend=backend, **settings.sampling_params())
     seed_t = _seed_tensor(seed, generator, batch, device)
     stops = StopStrings(text_tokenizer(tokenizer), settings.stop_strings, batch) if settings.stop_strings else None
-
-    with torch.inference_mode():
-        runners = {role: ModelRunner(model, given_inputs[role], settings.max_new_tokens)
-                   for role, model in models.items()}
-        return _decode(runners, sampler, settings, seed_t, stops, streamer, device)
+    return Call(inputs={role: given_inputs[role] for role in models}, batch=batch, device=device, settings=settings,
+                vocab=vocab_size, sampler=sampler, seed=seed_t, stops=stops, streamer=streamer)
 
 
 def _sync(device: torch.device) -> None:

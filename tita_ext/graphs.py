@@ -1,0 +1,210 @@
+"""The dual-model decode step on static buffers, and its capture as one CUDA graph per batch bucket.
+
+`DecodeStep` owns every tensor a decode step reads or writes: the token fed to the models, the
+finished flags, the all-finished flag, the noise offset and step counter, the per-row sampling
+parameters, the seed, the stop ids, and the per-step history (tokens, log-probs, token rewards,
+status, finished-before) for `max_batch` rows. One step is
+
+    forwards of every model on `feed`     (StaticRunner.step: static KV caches, positions += 1)
+    guided_sample on their logits         (seed and offset read from device tensors)
+    decode_advance                        (pad stopped rows, EOS, the tokens to feed next)
+    history[:, step] = this step's values (index_copy_ at a device step counter)
+    offset += 1, step += 1                (in place)
+
+with no host value anywhere, so the same Python code runs eagerly (CPU, or CUDA without graphs)
+and under CUDA stream capture; a replay of the captured graph does exactly the eager step's
+work, and the two give identical tokens.
+
+Buckets: a batch of B rows runs in the smallest bucket >= B; rows [B, bucket) are padding rows,
+finished from the start (fed pad, never read). One graph per (bucket, capture settings), all in
+one memory pool (`torch.cuda.graph_pool_handle()`): graphs are replayed one at a time, so their
+scratch memory can be shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .adapters.static_cache import StaticRunner
+from .step_sampler import DEFAULTS
+
+# Per-row parameter buffers: name -> (dtype, value of padding rows: greedy, every filter off).
+PARAM_BUFFERS = {"alpha": (torch.float32, 0.0), "temperature": (torch.float32, 0.0), "top_k": (torch.int64, 0),
+                 "top_p": (torch.float32, 1.0), "min_p": (torch.float32, 0.0),
+                 "plausibility": (torch.float32, 0.0)}
+WARMUP_STEPS = 2  # eager steps on a side stream before a capture (lazy initialisations), then undone
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    """What a captured step bakes in besides buffer addresses."""
+
+    rows: int  # the bucket
+    per_row_seed: bool  # seed buffer [rows] (each row its own seed) or [1] (one seed, row-addressed noise)
+    pad_token_id: int
+    vocab: int
+    overlap: bool
+
+
+class DecodeStep:
+    """Static state and the decode step over `runners` (base first, then reward, then ref).
+
+    Args:
+        runners: the models' StaticRunners (same max_batch).
+        sample: the fused op's implementation (ops.sample_impl(backend)): positional arguments.
+        advance: decode_advance's implementation (ops.advance_impl).
+        history: steps the history buffers hold (>= any call's max_new_tokens).
+        stop_slots: how many stop ids the stop buffer holds (unused slots are -1, never matched).
+    """
+
+    def __init__(self, runners: Sequence[StaticRunner], sample, advance, history: int, stop_slots: int = 8):
+        self.runners = list(runners)
+        self.sample_op, self.advance_op = sample, advance
+        self.max_batch = self.runners[0].max_batch
+        device = self.device = self.runners[0].device
+        rows, i64 = self.max_batch, torch.int64
+        self.feed = torch.zeros(rows, 1, dtype=i64, device=device)
+        self.finished = torch.ones(rows, dtype=torch.bool, device=device)
+        self.done = torch.zeros((), dtype=torch.bool, device=device)
+        self.offset = torch.zeros(1, dtype=i64, device=device)
+        self.step_index = torch.zeros(1, dtype=i64, device=device)
+        self.seed_one = torch.zeros(1, dtype=i64, device=device)
+        self.seed_rows = torch.zeros(rows, dtype=i64, device=device)
+        self.stop_ids = torch.full((stop_slots,), -1, dtype=i64, device=device)
+        self.params = {name: torch.full((rows,), fill, dtype=dtype, device=device)
+                       for name, (dtype, fill) in PARAM_BUFFERS.items()}
+        self.history = history
+        self.tokens = torch.zeros(rows, history, dtype=i64, device=device)
+        self.logprobs = torch.zeros(rows, history, dtype=torch.float32, device=device)
+        self.rewards = torch.zeros(rows, history, dtype=torch.float32, device=device)
+        self.status = torch.zeros(rows, history, dtype=torch.int32, device=device)
+        self.before = torch.ones(rows, history, dtype=torch.bool, device=device)
+        self.graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
+        self._pool = None
+        self._side_stream = None
+
+    # ---- per call -------------------------------------------------------------------------
+
+    def load(self, batch: int, params: dict[str, torch.Tensor], seed: torch.Tensor, stop_ids: Sequence[int]) -> bool:
+        """Set the call's state for `batch` real rows: parameters (float32/int64 [batch] each),
+        seed (int64 [1] or [batch]), stop ids. Returns whether the seed is per row."""
+        if len(stop_ids) > self.stop_ids.numel():  # more EOS ids than slots: grow (recapture)
+            self.stop_ids = torch.full((len(stop_ids),), -1, dtype=torch.int64, device=self.device)
+            self.graphs.clear()
+        self.stop_ids.fill_(-1)
+        if stop_ids:
+            self.stop_ids[:len(stop_ids)] = torch.tensor(list(stop_ids), dtype=torch.int64)
+        for name, buffer in self.params.items():
+            buffer.fill_(PARAM_BUFFERS[name][1])
+            buffer[:batch] = params[name]
+        per_row = seed.numel() == batch and batch != 1
+        if per_row:
+            self.seed_rows.zero_()
+            self.seed_rows[:batch] = seed
+        else:
+            self.seed_one.copy_(seed.reshape(1))
+        self.finished.fill_(True)
+        self.finished[:batch] = False
+        self.done.fill_(False)
+        self.feed.zero_()
+        self.offset.zero_()
+        self.step_index.zero_()
+        self.before[:batch].fill_(True)
+        return per_row
+
+    # ---- the step ---------------------------------------------------------------------------
+
+    def sample_and_advance(self, logits: Sequence[torch.Tensor], rows: int, per_row_seed: bool, pad: int,
+                           vocab: int) -> None:
+        """The fused op on the step's logits ([rows, V] each), the bookkeeping, the history."""
+        p = self.params
+        seed = self.seed_rows[:rows] if per_row_seed else self.seed_one
+        ref = logits[2] if len(logits) > 2 else None
+        d = DEFAULTS
+        tokens, logprob, reward, status = self.sample_op(
+            logits[0], logits[1], ref, d["alpha"], p["alpha"][:rows], d["temperature"], p["temperature"][:rows],
+            d["top_k"], p["top_k"][:rows], d["top_p"], p["top_p"][:rows], d["min_p"], p["min_p"][:rows],
+            d["plausibility"], p["plausibility"][:rows], seed, self.offset, vocab)
+        finished = self.finished[:rows]
+        record, feed, after, done = self.advance_op(tokens, finished, self.stop_ids, pad)
+        index = self.step_index
+        self.before[:rows].index_copy_(1, index, finished.unsqueeze(1))
+        self.tokens[:rows].index_copy_(1, index, record.unsqueeze(1))
+        self.logprobs[:rows].index_copy_(1, index, logprob.unsqueeze(1))
+        self.rewards[:rows].index_copy_(1, index, reward.unsqueeze(1))
+        self.status[:rows].index_copy_(1, index, status.unsqueeze(1))
+        finished.copy_(after)
+        self.feed[:rows].copy_(feed)
+        self.done.copy_(done)
+        self.offset.add_(1)
+        self.step_index.add_(1)
+
+    def forwards(self, rows: int, overlap: bool) -> list[torch.Tensor]:
+        """Every model's forward on the fed tokens. With overlap (CUDA), the models after the
+        base run on a second stream, forked from and joined back into the current one."""
+        feed = self.feed[:rows]
+        if not (overlap and self.device.type == "cuda" and len(self.runners) > 1):
+            return [runner.step(feed) for runner in self.runners]
+        main = torch.cuda.current_stream(self.device)
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        side = self._side_stream
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            others = [runner.step(feed) for runner in self.runners[1:]]
+        base = self.runners[0].step(feed)
+        main.wait_stream(side)
+        return [base, *others]
+
+    def step(self, key: GraphKey) -> None:
+        """One decode step, eagerly (the captured graph's body)."""
+        logits = self.forwards(key.rows, key.overlap)
+        self.sample_and_advance(logits, key.rows, key.per_row_seed, key.pad_token_id, key.vocab)
+
+    # ---- CUDA graphs ------------------------------------------------------------------------
+
+    def _snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(tensor, copy) of all state a step advances, to undo warm-up steps."""
+        state = [self.feed, self.finished, self.done, self.offset, self.step_index]
+        for runner in self.runners:
+            state.extend(layer.cumulative_length for layer in runner.cache.layers)
+            if runner.positions is not None:
+                state.append(runner.positions)
+        return [(t, t.clone()) for t in state]
+
+    def graph(self, key: GraphKey) -> torch.cuda.CUDAGraph:
+        """The captured step for `key`, capturing it now if needed (after a warm-up on a side
+        stream that is undone: the graph starts from the current state)."""
+        found = self.graphs.get(key)
+        if found is not None:
+            return found
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        saved = self._snapshot()
+        warm = torch.cuda.Stream(self.device)
+        warm.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(warm):
+            for _ in range(WARMUP_STEPS):
+                self.step(key)
+        torch.cuda.current_stream(self.device).wait_stream(warm)
+        for tensor, copy in saved:
+            tensor.copy_(copy)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                self.step(key)
+        except Exception as err:
+            raise RuntimeError(
+                f"capturing the decode step as a CUDA graph failed ({type(err).__name__}: {err}). Something in the "
+                "step needs the host (a .item(), a data-dependent shape, a CPU tensor): check the fused op backend "
+                "(the compiled CUDA kernel or 'triton' are capture-safe) and the models, or pass "
+                "use_cuda_graph=False to decode eagerly on the static caches") from err
+        self.graphs[key] = graph
+        return graph
+
+    def warmup_budget(self) -> int:
+        """Positions the warm-up needs beyond the current ones (callers keep max_length above)."""
+        return WARMUP_STEPS
