@@ -125,8 +125,11 @@ def test_seed_and_offset_python_values():
 def test_vocab_size_and_backend(op):
     with pytest.raises(ValueError, match=r"vocab_size must be >= 1"):
         _call(op, vocab_size=0)
-    with pytest.raises(ValueError, match=r"backend must be None, 'compiled', 'triton' or 'reference', got 'gpu'"):
+    with pytest.raises(ValueError, match=r"backend must be None, 'compiled', 'cuda', 'triton' or 'reference', "
+                                         r"got 'gpu'"):
         _call(op, backend="gpu")
+    with pytest.raises(ValueError, match=r"backend='cuda' needs CUDA tensors, got cpu tensors"):
+        _call(op, backend="cuda")
 
 
 def test_direct_op_calls_are_checked_in_cpp():

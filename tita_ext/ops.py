@@ -5,10 +5,11 @@
     guided_logprobs(base_logits, reward_logits, ref_logits=None, *, alpha, temperature, top_k,
                     top_p, min_p, plausibility) -> float32 [B, V_base]
 
-Backends: "compiled" (the C++ CPU kernel; CUDA kernels arrive with their own issue),
-"triton" (tita_ext.triton_ops: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and
-"reference" (tita_ext.reference, pure PyTorch). By default the compiled op is used when it is
-built for the logits' device, else the reference; all give the same tokens.
+Backends: "compiled" (the compiled kernel of the logits' device: the C++ CPU kernel, or the
+CUDA kernel when tita_ext._C was built with CUDA), "cuda" (the same, for CUDA tensors only: an
+error otherwise), "triton" (tita_ext.triton_ops: CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1) and "reference" (tita_ext.reference, pure PyTorch). By default the compiled
+op is used when it is built for the logits' device, else the reference; all give the same tokens.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ except ImportError as error:  # built, but it cannot load (e.g. built against an
                   "Rebuild with `pip install --no-build-isolation -e .` against the installed torch.", stacklevel=2)
     _COMPILED = False
 
-Backend = Optional[Literal["compiled", "triton", "reference"]]
+Backend = Optional[Literal["compiled", "cuda", "triton", "reference"]]
+BACKENDS = ("compiled", "cuda", "triton", "reference")
 Seed = Union[int, torch.Tensor, torch.Generator, None]
 
 _SEED_HIGH = 2**62
@@ -48,7 +50,7 @@ def compiled_available(device: torch.device | str = "cpu") -> bool:
         return False
     if device.type == "cpu":
         return True
-    return False  # the CUDA kernels are not built yet; CUDA tensors use the reference
+    return device.type == "cuda" and _compiled_cuda()
 
 
 if _COMPILED:
@@ -90,10 +92,23 @@ def triton_available(device: torch.device | str = "cuda") -> bool:
 
 
 def _resolve_backend(backend: Backend, device: torch.device) -> str:
+    """The implementation a call uses: "compiled", "triton" or "reference" ("cuda" resolves to
+    "compiled" for CUDA tensors). Raises ValueError for an unknown or unavailable backend."""
+    device = torch.device(device)
     if backend is None:
         return "compiled" if compiled_available(device) else "reference"
     if backend == "reference":
         return backend
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got {device.type} tensors; use backend='compiled' "
+                             "(the CPU kernel) or None")
+        if not compiled_available(device):
+            why = ("tita_ext._C is not built" if not _COMPILED else
+                   "tita_ext._C was built without CUDA (rebuild with a CUDA torch and nvcc: "
+                   "pip install --no-build-isolation -e .)")
+            raise ValueError(f"backend='cuda' is not available: {why}; use backend='triton' or 'reference'")
+        return "compiled"
     if backend == "triton":
         if not triton_available(device):
             raise ValueError(f"backend='triton' is not available for {device.type} tensors: it needs the triton "
@@ -101,10 +116,13 @@ def _resolve_backend(backend: Backend, device: torch.device) -> str:
         return backend
     if backend == "compiled":
         if not compiled_available(device):
-            raise ValueError(f"backend='compiled' is not available for {device.type} tensors "
-                             f"(compiled module built: {_COMPILED}); use backend='reference' or None")
+            detail = ("tita_ext._C is not built" if not _COMPILED else
+                      "tita_ext._C was built without CUDA" if device.type == "cuda" else
+                      f"no compiled kernel for {device.type}")
+            raise ValueError(f"backend='compiled' is not available for {device.type} tensors ({detail}); "
+                             "use backend='triton', backend='reference' or None")
         return backend
-    raise ValueError(f"backend must be None, 'compiled', 'triton' or 'reference', got {backend!r}")
+    raise ValueError(f"backend must be None, 'compiled', 'cuda', 'triton' or 'reference', got {backend!r}")
 
 
 def sample_impl(resolved: str):
@@ -227,7 +245,7 @@ def guided_sample(
             drawn from torch's generator). Tensors keep the call graph-safe.
         offset: int or int64 tensor; the step counter of the noise (advance it per token).
         vocab_size: the tokenizer's true size, if smaller than the logits.
-        backend: None (best available), "compiled", "triton" or "reference".
+        backend: None (best available), "compiled", "cuda", "triton" or "reference".
         check_status: raise ValueError for rows that cannot be sampled (reads the status,
             a device sync; skipped automatically under torch.compile and CUDA graph capture).
 
@@ -293,16 +311,18 @@ def advance_impl(backend: Backend, device: torch.device):
     kernel for this device type (CPU; CUDA when built with CUDA), else the reference (also for
     "triton": a few [B]-sized ops need no Triton twin)."""
     device = torch.device(device)
-    if backend == "compiled":
+    if backend in ("compiled", "cuda"):
         _resolve_backend(backend, device)  # raises when nothing is compiled for this device
-    if backend in (None, "compiled") and _COMPILED and (device.type == "cpu" or _compiled_cuda()):
+    if backend in (None, "compiled", "cuda") and compiled_available(device):
         return torch.ops.tita.decode_advance
     return reference.decode_advance
 
 
 @functools.lru_cache(maxsize=1)
 def _compiled_cuda() -> bool:
-    """Whether tita_ext._C was built with its CUDA sources."""
+    """Whether tita_ext._C was built with its CUDA sources (then CUDA tensors use its kernels)."""
+    if not _COMPILED:
+        return False
     from . import _C
 
     return bool(_C.build_info().get("cuda"))

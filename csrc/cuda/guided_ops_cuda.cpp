@@ -1,7 +1,8 @@
 // CUDA host launchers of tita::guided_sample, tita::guided_logprobs and tita::decode_advance: the same checks as the
 // CPU kernels (op_checks.h), CUDA tensors only, a device guard, outputs allocated through the
-// caching allocator on the logits' device, and an asynchronous launch on the current stream
-// (launch.h; the kernels live in the .cu files). Nothing here synchronises with the host.
+// caching allocator on the logits' device (outputs and the kernels' scratch), and an asynchronous
+// launch on the current stream (launch.h; the kernels live in the .cu files). Nothing here
+// synchronises with the host.
 //
 // c10/cuda headers only (not ATen/cuda/CUDAContext.h, which wants the cuBLAS/cuSPARSE/cuSOLVER
 // headers): the file then also compiles against the CPU build of torch (DESIGN §6).
@@ -37,13 +38,11 @@ void check_cuda(const at::Tensor& base, const char* op) {
               base.device());
 }
 
-// A kernel's launch status: cudaErrorNotSupported means the kernel is not built yet.
+// A kernel's launch status. The launchers refuse (cudaErrorInvalidValue) only what the checks
+// above cannot: a shared vocabulary beyond int32 ids.
 void check_launch(cudaError_t status, const char* op) {
-  if (status == cudaErrorNotSupported) {
-    TORCH_CHECK(false, "tita: the CUDA kernel for ", op,
-                " is not built yet (it lands with the CUDA kernel issue); call tita_ext.", op,
-                "(..., backend='reference') or use CPU tensors");
-  }
+  TORCH_CHECK(status != cudaErrorInvalidValue, "tita::", op, " (CUDA kernel): the launch was refused (",
+              cudaGetErrorString(status), "); vocabularies above 2^31 - 8192 ids are not supported on CUDA");
   C10_CUDA_CHECK(status);
 }
 
@@ -57,6 +56,13 @@ GuidedInputs guided_inputs(const at::Tensor& base, const at::Tensor& reward, con
   in.vocab = vocab;
   in.params = params;
   return in;
+}
+
+// The kernels' scratch (launch.h guided_scratch_bytes), from the caching allocator on the logits'
+// device: capture-safe, and freed in stream order after the launch.
+at::Tensor scratch_for(const GuidedInputs& in, const at::Tensor& base) {
+  const auto bytes = static_cast<int64_t>(guided_scratch_bytes(in));
+  return at::empty({bytes > 0 ? bytes : 1}, base.options().dtype(at::kByte));
 }
 
 SampleOutputs guided_sample_cuda(
@@ -87,6 +93,9 @@ SampleOutputs guided_sample_cuda(
   args.logprob = logprob.data_ptr<float>();
   args.token_reward = token_reward.data_ptr<float>();
   args.status = status.data_ptr<int32_t>();
+  const at::Tensor scratch = scratch_for(args.in, base);
+  args.scratch = scratch.data_ptr();
+  args.scratch_bytes = static_cast<size_t>(scratch.numel());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(base.device().index()).stream();
   check_launch(launch_guided_sample(args, stream), "guided_sample");
   return outputs;
@@ -113,6 +122,9 @@ at::Tensor guided_logprobs_cuda(const at::Tensor& base, const at::Tensor& reward
   args.in = guided_inputs(base, reward, ref, vocab, params);
   args.out = out.data_ptr<float>();
   args.out_width = width;
+  const at::Tensor scratch = scratch_for(args.in, base);
+  args.scratch = scratch.data_ptr();
+  args.scratch_bytes = static_cast<size_t>(scratch.numel());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(base.device().index()).stream();
   check_launch(launch_guided_logprobs(args, stream), "guided_logprobs");
   return out;

@@ -3,12 +3,13 @@
 //
 // Only plain structs of raw device pointers, strides, sizes and dtype codes cross it, plus the
 // stream to launch on; no torch type appears here. Every launch function is asynchronous on that
-// stream, never synchronises with the host, and returns the launch status (cudaSuccess, or the
-// error; cudaErrorNotSupported for a kernel that is not built yet).
+// stream, never synchronises with the host, allocates nothing, and returns the launch status
+// (cudaSuccess, or the error; cudaErrorInvalidValue for arguments it cannot serve).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "../common/contract.h"
@@ -46,6 +47,13 @@ struct GuidedInputs {
   SamplingParams params;
 };
 
+// Device scratch the fused kernels pass each other (slice partials, candidates, row outcomes):
+// the caller allocates guided_scratch_bytes(in) bytes on the logits' device (through the caching
+// allocator, so the launch stays graph-capturable) and passes them in SampleArgs / LogprobsArgs.
+// Uninitialised memory is fine: every kernel writes what the next one reads. The size depends on
+// the inputs' shape, the sampling parameters (a plausibility floor adds a pass) and the device.
+size_t guided_scratch_bytes(const GuidedInputs& in);
+
 // guided_sample: one token per row. Outputs are contiguous device arrays of length batch.
 struct SampleArgs {
   GuidedInputs in;
@@ -54,6 +62,8 @@ struct SampleArgs {
   float* logprob = nullptr;
   float* token_reward = nullptr;
   int32_t* status = nullptr;
+  void* scratch = nullptr;
+  size_t scratch_bytes = 0;
 };
 
 // guided_logprobs: a contiguous [batch, out_width] float32 device array, out_width = base width;
@@ -62,6 +72,8 @@ struct LogprobsArgs {
   GuidedInputs in;
   float* out = nullptr;
   int64_t out_width = 0;
+  void* scratch = nullptr;
+  size_t scratch_bytes = 0;
 };
 
 cudaError_t launch_guided_sample(const SampleArgs& args, cudaStream_t stream);

@@ -1,0 +1,123 @@
+// Block-wide building blocks of the fused kernels: online log-sum-exp, the race winner, block
+// reductions whose result every thread of the block receives (in the same bits), ordered keys.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "../common/philox.h"
+
+namespace tita::cuda {
+
+constexpr int kThreads = 256;  // every fused kernel runs 256 threads per block
+constexpr int kWarps = kThreads / 32;
+#define TITA_NEG_INF (-INFINITY)
+
+__device__ __forceinline__ bool is_finite(float x) { return fabsf(x) <= 3.402823466e38f; }  // false for NaN, +-inf
+
+// Online log-sum-exp: m = max, s = sum of exp(x - m) (m = -inf: empty).
+struct Lse {
+  float m, s;
+};
+
+__device__ __forceinline__ Lse lse_empty() { return Lse{TITA_NEG_INF, 0.0f}; }
+
+__device__ __forceinline__ Lse lse_merge(Lse a, Lse b) {
+  if (b.m == TITA_NEG_INF) return a;
+  if (a.m == TITA_NEG_INF) return b;
+  if (a.m >= b.m) return Lse{a.m, a.s + b.s * __expf(b.m - a.m)};
+  return Lse{b.m, b.s + a.s * __expf(a.m - b.m)};
+}
+
+__device__ __forceinline__ float lse_value(Lse a) { return a.m == TITA_NEG_INF ? TITA_NEG_INF : a.m + logf(a.s); }
+
+// Log-sum-exp statistics of N clean values (finite or -inf).
+template <int N>
+__device__ __forceinline__ Lse lse_of(const float* x) {
+  float m = x[0];
+#pragma unroll
+  for (int j = 1; j < N; ++j) m = fmaxf(m, x[j]);
+  if (m == TITA_NEG_INF) return lse_empty();
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; ++j) s += __expf(x[j] - m);  // exp(-inf) = 0
+  return Lse{m, s};
+}
+
+// A race entry: key (z, or z + Gumbel noise), the guided score z and the id (-1: none).
+struct Best {
+  float key;
+  float z;
+  int32_t id;
+};
+
+__device__ __forceinline__ Best best_none() { return Best{TITA_NEG_INF, TITA_NEG_INF, -1}; }
+
+// a wins over b: a higher key, or the same key and a lower id (ties go to the lowest id).
+__device__ __forceinline__ bool beats(const Best& a, const Best& b) {
+  if (a.id < 0) return false;
+  if (b.id < 0) return true;
+  return a.key > b.key || (a.key == b.key && a.id < b.id);
+}
+
+// Ordered keys: a < b as floats (finite or +-inf) iff okey(a) < okey(b) as unsigned (-0 < +0).
+__device__ __forceinline__ uint32_t okey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float from_okey(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
+}
+constexpr uint32_t kNegInfKey = 0x007FFFFFu;  // okey(-inf)
+
+// Warp shuffles of the reduced types.
+__device__ __forceinline__ float shfl_xor(float v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
+__device__ __forceinline__ int shfl_xor(int v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
+__device__ __forceinline__ double shfl_xor(double v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
+__device__ __forceinline__ Lse shfl_xor(Lse v, int o) { return Lse{shfl_xor(v.m, o), shfl_xor(v.s, o)}; }
+__device__ __forceinline__ Best shfl_xor(Best v, int o) {
+  return Best{shfl_xor(v.key, o), shfl_xor(v.z, o), shfl_xor(static_cast<int>(v.id), o)};
+}
+
+// Shared scratch of one block reduction (any reduced type up to 16 bytes).
+struct alignas(16) ReduceSlot {
+  unsigned char bytes[16];
+};
+using ReduceSmem = ReduceSlot[kWarps];
+
+// Reduce v over the block with op; every thread gets the same result (lane 0 of each warp
+// publishes, then all threads fold the warp values in the same order). Must be reached by every
+// thread of the block; back-to-back calls may share smem.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, Op op, ReduceSmem& smem) {
+  static_assert(sizeof(T) <= sizeof(ReduceSlot), "reduced type too large");
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
+  __syncthreads();  // a previous reduction may still be reading the slots
+  if ((threadIdx.x & 31) == 0) *reinterpret_cast<T*>(&smem[threadIdx.x >> 5]) = v;
+  __syncthreads();
+  T r = *reinterpret_cast<T*>(&smem[0]);
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) r = op(r, *reinterpret_cast<T*>(&smem[w]));
+  return r;
+}
+
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SumIntOp {
+  __device__ int operator()(int a, int b) const { return a + b; }
+};
+struct SumDoubleOp {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct LseOp {
+  __device__ Lse operator()(Lse a, Lse b) const { return lse_merge(a, b); }
+};
+struct BestOp {
+  __device__ Best operator()(Best a, Best b) const { return beats(b, a) ? b : a; }
+};
+
+}  // namespace tita::cuda

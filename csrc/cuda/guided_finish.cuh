@@ -1,0 +1,296 @@
+// The finish: one block per row merges the row's slice partials and decides the row.
+//
+// Dense rows are decided by the merge. Sparse rows gather the candidates with z >= T, where T is
+// the largest slice theta (every id not handed over has z < T), into shared memory and apply
+// top-k (exact k-th largest), top-p (exact cut, fp64 masses), min-p there. The result is exact
+// whenever the final threshold tau >= T (then every allowed id is a candidate): always for
+// top-k <= kMaxTopK (a slice with theta = T handed over >= k ids >= T); for top-p / min-p without
+// top-k when the nucleus lies above T. Otherwise, and for rows outside the fast path, the block
+// runs the exact fallback: the same selections over the whole row, re-read from memory (a few
+// dozen passes: slow, but only for top-k > 256, flat rows with huge nuclei, ties beyond the slots).
+#pragma once
+
+#include "guided_common.cuh"
+#include "select.cuh"
+
+namespace tita::cuda {
+
+// Candidates in shared memory.
+struct SmemSource {
+  const Cand* c;
+  int n;
+  template <class F>
+  __device__ void each(F f) const {
+    for (int i = threadIdx.x; i < n; i += kThreads) f(c[i].z, static_cast<int64_t>(c[i].id));
+  }
+};
+
+// A whole row, z recomputed from the logits on every pass.
+struct RowSource {
+  RowPtrs rp;
+  ZParams zp;
+  int64_t vocab;
+  template <class F>
+  __device__ void each(F f) const {
+    for (int64_t id0 = static_cast<int64_t>(threadIdx.x) * kVec; id0 < vocab; id0 += kThreads * kVec) {
+      float b[kVec], r[kVec], fr[kVec];
+      load_chunk(rp, id0, vocab, b, r, fr);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        if (id0 + j < vocab) f(guided_z(zp, b[j], r[j], fr[j]), id0 + j);
+      }
+    }
+  }
+};
+
+// What deciding a row produces.
+struct RowResult {
+  int32_t status = kStatusOk;
+  float tau = TITA_NEG_INF, floor = TITA_NEG_INF, log_norm = TITA_NEG_INF;
+  float lse_r = TITA_NEG_INF, lse_f = TITA_NEG_INF;
+  Best best = Best{TITA_NEG_INF, TITA_NEG_INF, -1};
+};
+
+// Filters and choice over a source whose finite elements include every allowed id once tau >= T.
+// total_hint > 0: the mass of the whole row relative to zmax (top-p without top-k). Returns false
+// when tau < T (the candidates cannot decide the row).
+template <class Src>
+__device__ __forceinline__ bool filter_and_choose(const KernelArgs& a, int64_t row, const RowConfig& c, const Src& src, int n_finite,
+                                  float zmax, float T, double total_hint, ReduceSmem& red, RowResult& res) {
+  float tau = TITA_NEG_INF;
+  if (c.top_k > 0 && n_finite >= c.top_k) tau = kth_largest(src, c.top_k, red);
+  if (c.top_p < 1.0f) {
+    const double total = total_hint > 0.0 ? total_hint : mass_above(src, zmax, tau, kNegInfKey, red);
+    tau = fmaxf(tau, top_p_cut(src, zmax, tau, static_cast<double>(c.top_p) * total, red));
+  }
+  if (c.log_min_p != TITA_NEG_INF) tau = fmaxf(tau, __fadd_rn(zmax, c.log_min_p));
+  if (T != TITA_NEG_INF && !(tau >= T)) return false;
+  res.tau = tau;
+  const double norm = mass_above(src, zmax, tau, kNegInfKey, red);
+  res.log_norm = zmax + static_cast<float>(log(norm));
+  if (a.choose) res.best = choose_among(src, tau, c.greedy, noise_address(a.noise, row), red);
+  return true;
+}
+
+// The fast path's finish; false: the row needs the fallback.
+__device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, const RowConfig& c, Cand* cands, int* prefix,
+                            int* n_cands, ReduceSmem& red, RowResult& res) {
+  const float floor = c.log_floor == TITA_NEG_INF ? TITA_NEG_INF : row_floor(a, row, c.log_floor, red);
+  const SlicePartial* parts = a.partials + row * a.slices;
+  Lse lr = lse_empty(), lf = lse_empty(), lz = lse_empty();
+  float zmax = TITA_NEG_INF, T = TITA_NEG_INF;
+  Best best = best_none();
+  int overflow = 0;
+  for (int64_t i = threadIdx.x; i < a.slices; i += kThreads) {
+    const SlicePartial p = parts[i];
+    lr = lse_merge(lr, p.r);
+    lf = lse_merge(lf, p.f);
+    lz = lse_merge(lz, p.z);
+    zmax = fmaxf(zmax, p.zmax);
+    T = fmaxf(T, p.theta);
+    if (beats(p.best, best)) best = p.best;
+    overflow |= p.n_cands < 0 ? 1 : 0;
+  }
+  res.lse_r = lse_value(block_reduce(lr, LseOp{}, red));
+  res.lse_f = lse_value(block_reduce(lf, LseOp{}, red));
+  lz = block_reduce(lz, LseOp{}, red);
+  zmax = block_reduce(zmax, MaxOp{}, red);
+  res.floor = floor;
+  if (zmax == TITA_NEG_INF) {
+    res.status = kStatusNoFinite;
+    return true;
+  }
+  if (c.dense()) {
+    res.best = block_reduce(best, BestOp{}, red);
+    res.log_norm = lse_value(lz);
+    return true;
+  }
+  T = block_reduce(T, MaxOp{}, red);
+  if (block_reduce(overflow, SumIntOp{}, red) > 0) return false;
+
+  // Prefix sums of the slices' candidate counts (tiles of kThreads slices).
+  int carry = 0;
+  for (int64_t t0 = 0; t0 < a.slices; t0 += kThreads) {
+    const int64_t i = t0 + threadIdx.x;
+    const int v = i < a.slices ? parts[i].n_cands : 0;
+    int incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int up = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+      if ((threadIdx.x & 31) >= o) incl += up;
+    }
+    __shared__ int warp_sums[kWarps];
+    __syncthreads();
+    if ((threadIdx.x & 31) == 31) warp_sums[threadIdx.x >> 5] = incl;
+    __syncthreads();
+    int before = carry, tile = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      if (w < static_cast<int>(threadIdx.x >> 5)) before += warp_sums[w];
+      tile += warp_sums[w];
+    }
+    if (i < a.slices) prefix[i] = before + incl - v;
+    carry += tile;
+  }
+  if (threadIdx.x == 0) {
+    prefix[a.slices] = carry;
+    *n_cands = 0;
+  }
+  __syncthreads();
+
+  // Gather the candidates >= T; loads batched for memory-level parallelism.
+  const int total = carry;
+  int64_t slice = 0;
+  for (int base = threadIdx.x; base < total; base += kThreads * 4) {
+    Cand got[4];
+    bool ok[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int p = base + u * kThreads;
+      ok[u] = p < total;
+      if (!ok[u]) continue;
+      while (prefix[slice + 1] <= p) ++slice;
+      const int2 raw = __ldg(reinterpret_cast<const int2*>(a.cands + (row * a.slices + slice) * kSliceSlots +
+                                                            (p - prefix[slice])));
+      got[u] = Cand{__int_as_float(raw.x), raw.y};
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if (ok[u] && got[u].z >= T && got[u].z != TITA_NEG_INF) {
+        const int at = atomicAdd(n_cands, 1);
+        if (at < kRowCands) cands[at] = got[u];
+      }
+    }
+  }
+  __syncthreads();
+  const int n = *n_cands;
+  if (n > kRowCands) return false;
+  const double total_hint = (c.top_k == 0 && T != TITA_NEG_INF) ? static_cast<double>(lz.s) : 0.0;
+  return filter_and_choose(a, row, c, SmemSource{cands, n}, n, zmax, T, total_hint, red, res);
+}
+
+// The exact fallback over the whole row (several passes over the logits).
+__device__ __forceinline__ void finish_general(const KernelArgs& a, int64_t row, const RowConfig& c, ReduceSmem& red, RowResult& res) {
+  const RowPtrs rp = row_ptrs(a.in, row);
+  const int64_t vocab = a.in.vocab;
+  float floor = TITA_NEG_INF;
+  if (c.log_floor != TITA_NEG_INF) {
+    float m = TITA_NEG_INF;
+    for (int64_t id0 = static_cast<int64_t>(threadIdx.x) * kVec; id0 < vocab; id0 += kThreads * kVec) {
+      float b[kVec];
+      load8(rp.base, id0, vocab, b);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) m = fmaxf(m, b[j]);
+    }
+    floor = __fadd_rn(block_reduce(m, MaxOp{}, red), c.log_floor);
+  }
+  const RowSource src{rp, z_params(c, floor), vocab};
+  Lse lr = lse_empty(), lf = lse_empty();
+  float zmax = TITA_NEG_INF;
+  int n_finite = 0;
+  for (int64_t id0 = static_cast<int64_t>(threadIdx.x) * kVec; id0 < vocab; id0 += kThreads * kVec) {
+    float b[kVec], r[kVec], f[kVec];
+    load_chunk(rp, id0, vocab, b, r, f);
+    lr = lse_merge(lr, lse_of<kVec>(r));
+    lf = lse_merge(lf, lse_of<kVec>(f));
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const float z = guided_z(src.zp, b[j], r[j], f[j]);
+      zmax = fmaxf(zmax, z);
+      n_finite += z != TITA_NEG_INF ? 1 : 0;
+    }
+  }
+  res = RowResult{};
+  res.floor = floor;
+  res.lse_r = lse_value(block_reduce(lr, LseOp{}, red));
+  res.lse_f = lse_value(block_reduce(lf, LseOp{}, red));
+  zmax = block_reduce(zmax, MaxOp{}, red);
+  n_finite = block_reduce(n_finite, SumIntOp{}, red);
+  if (zmax == TITA_NEG_INF) {
+    res.status = kStatusNoFinite;
+    return;
+  }
+  filter_and_choose(a, row, c, src, n_finite, zmax, TITA_NEG_INF, 0.0, red, res);
+}
+
+__global__ void __launch_bounds__(kThreads) guided_finish_kernel(KernelArgs a) {
+  __shared__ Cand cands[kRowCands];
+  __shared__ int prefix[kMaxSlices + 1];
+  __shared__ int n_cands;
+  __shared__ ReduceSmem red;
+  for (int64_t row = blockIdx.x; row < a.in.batch; row += gridDim.x) {
+    const RowConfig c = row_config(a, row);
+    RowResult res;
+    if (!c.valid) {
+      res.status = kStatusBadParam;
+    } else if (!fast_path(c, a) || !finish_fast(a, row, c, cands, prefix, &n_cands, red, res)) {
+      finish_general(a, row, c, red, res);
+    }
+    if (threadIdx.x == 0) {
+      const bool ok = res.status == kStatusOk && (!a.choose || res.best.id >= 0);
+      const int32_t status = ok ? kStatusOk : (res.status == kStatusOk ? kStatusNoFinite : res.status);
+      if (a.choose) {
+        a.status[row] = status;
+        if (ok) {
+          const int64_t id = res.best.id;
+          const RowPtrs rp = row_ptrs(a.in, row);
+          const float r = load_one(rp.reward, id);
+          const float f = load_one(rp.ref.p != nullptr ? rp.ref : rp.base, id);
+          a.tokens[row] = id;
+          a.logprob[row] = res.best.z - res.log_norm;
+          a.token_reward[row] = (r - res.lse_r) - (f - res.lse_f);
+        } else {
+          a.tokens[row] = -1;
+          a.logprob[row] = a.token_reward[row] = NAN;
+        }
+      } else {
+        a.outcomes[row] = RowOutcome{res.tau, res.floor, res.log_norm, status};
+      }
+    }
+    __syncthreads();  // shared state is reused by the next row of this block
+  }
+}
+
+// guided_logprobs: out[row, id] = z - log_norm where allowed, -inf elsewhere and beyond the
+// shared range; all NaN for rows whose status is not ok. Blocks cover (width slice, row).
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) write_logprobs_kernel(KernelArgs a) {
+  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * a.slice_len;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const RowOutcome o = a.outcomes[row];
+    float* out = a.out + row * a.out_width;
+    const bool ok = o.status == kStatusOk;
+    ZParams zp{};
+    RowPtrs rp{};
+    if (ok) {
+      zp = z_params(row_config(a, row), o.floor);
+      rp = row_ptrs(a.in, row);
+    }
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
+      if (id0 >= a.out_width) continue;
+      float v[kVec];
+      if (!ok) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[j] = NAN;
+      } else if (id0 >= a.in.vocab) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[j] = TITA_NEG_INF;
+      } else {
+        float b[kVec], r[kVec], f[kVec];
+        load_chunk(rp, id0, a.in.vocab, b, r, f);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          const float z = guided_z(zp, b[j], r[j], f[j]);
+          v[j] = (id0 + j < a.in.vocab && z != TITA_NEG_INF && z >= o.tau) ? __fsub_rn(z, o.log_norm) : TITA_NEG_INF;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        if (id0 + j < a.out_width) out[id0 + j] = v[j];
+      }
+    }
+  }
+}
+
+}  // namespace tita::cuda

@@ -1,0 +1,187 @@
+// The scan: one block per (vocabulary slice, row) reads the slice's logits once and leaves a
+// SlicePartial (and candidates) for the finish.
+//
+// Every thread holds kChunks chunks of 8 consecutive ids (chunk k of thread t starts at
+// slice start + (k * 256 + t) * 8: coalesced 16-byte loads) and keeps their z in registers.
+//   * log-sum-exp statistics of the reward and reference rows (token reward) and of z;
+//   * dense rows (no filter): the slice's winner. Greedy: argmax z. Sampling: the Gumbel race;
+//     the slice's argmax enters first, and then noise is drawn only for 4-id groups that can beat
+//     the best key so far (z + 16.7 >= best), and its logs only for words whose uniform is large
+//     enough (reach_limit): exact, the skipped noise cannot win;
+//   * sparse rows (top-k / top-p / min-p): the candidates, every finite z >= theta, where theta is
+//     the C-th largest of the 256 thread maxima (C = top_k, or kDefaultCands), so at least C ids
+//     of the slice pass (about 2C on average). When more than kSliceSlots pass, theta becomes the
+//     slice's exact C-th largest z; if ties still overflow, the row takes the finish's fallback.
+#pragma once
+
+#include "guided_common.cuh"
+
+namespace tita::cuda {
+
+// The C-th largest of one value per thread (C <= kThreads, at least C finite).
+__device__ __forceinline__ float kth_of_thread_values(float v, int C) {
+  uint32_t key = 0;
+  const uint32_t mine = okey(v);
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t cand = key | (1u << bit);
+    if (__syncthreads_count(mine >= cand) >= C) key = cand;
+  }
+  return from_okey(key);
+}
+
+// The C-th largest finite value of the block's registers (at least C finite).
+template <int N>
+__device__ __forceinline__ float kth_of_block_values(const float* z, int C, ReduceSmem& red) {
+  uint32_t key = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t cand = key | (1u << bit);
+    int n = 0;
+#pragma unroll
+    for (int i = 0; i < N; ++i) n += (z[i] != TITA_NEG_INF && okey(z[i]) >= cand) ? 1 : 0;
+    if (block_reduce(n, SumIntOp{}, red) >= C) key = cand;
+  }
+  return from_okey(key);
+}
+
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) guided_scan_kernel(KernelArgs a) {
+  constexpr int kPer = kChunks * kVec;
+  __shared__ ReduceSmem red;
+  __shared__ int slot_count;
+  const int64_t s = blockIdx.x;
+  const int64_t vocab = a.in.vocab;
+  const int64_t v0 = s * a.slice_len;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const RowConfig c = row_config(a, row);
+    if (!c.valid || !fast_path(c, a)) continue;  // uniform over the block
+    const float floor = c.log_floor == TITA_NEG_INF ? TITA_NEG_INF : row_floor(a, row, c.log_floor, red);
+    const ZParams zp = z_params(c, floor);
+    const bool dense = c.dense();
+    const bool want_lz = dense || c.top_k == 0;
+    const RowPtrs rp = row_ptrs(a.in, row);
+
+    float z[kPer];
+    Lse lr = lse_empty(), lf = lse_empty(), lz = lse_empty();
+    Best top = best_none();  // argmax z (key z), lowest id first
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
+      float b[kVec], r[kVec], f[kVec];
+      if (id0 < vocab) {
+        load_chunk(rp, id0, vocab, b, r, f);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) b[j] = r[j] = f[j] = TITA_NEG_INF;
+      }
+      lr = lse_merge(lr, lse_of<kVec>(r));
+      lf = lse_merge(lf, lse_of<kVec>(f));
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const float zj = guided_z(zp, b[j], r[j], f[j]);
+        z[k * kVec + j] = zj;
+        if (zj > top.key) top = Best{zj, zj, static_cast<int32_t>(id0 + j)};
+      }
+      if (want_lz) lz = lse_merge(lz, lse_of<kVec>(z + k * kVec));
+    }
+    lr = block_reduce(lr, LseOp{}, red);
+    lf = block_reduce(lf, LseOp{}, red);
+    if (want_lz) lz = block_reduce(lz, LseOp{}, red);
+    top = block_reduce(top, BestOp{}, red);
+    const float zmax = top.key;
+
+    SlicePartial part{lr, lf, lz, zmax, TITA_NEG_INF, top, 0};
+    if (dense) {
+      if (a.choose && !c.greedy && top.id >= 0) {
+        const NoiseAddress addr = noise_address(a.noise, row);
+        Best mine = top;
+        mine.key = __fadd_rn(top.z, gumbel_at(addr, top.id));  // the argmax's key bounds the winner's
+#pragma unroll
+        for (int k = 0; k < kChunks; ++k) {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int64_t g0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + 4 * q;
+            const float* zs = z + k * kVec + 4 * q;
+            const float gz = fmaxf(fmaxf(zs[0], zs[1]), fmaxf(zs[2], zs[3]));
+            if (gz == TITA_NEG_INF || gz + kGumbelMax < mine.key) continue;
+            const Philox4<uint32_t> w = philox_group(addr, g0);
+            const float limit = reach_limit(mine.key - gz);  // for the group's best z: conservative for all 4
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              if (zs[j] == TITA_NEG_INF || !may_reach(w.x[j], limit)) continue;
+              const Best cand{__fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])), zs[j], static_cast<int32_t>(g0 + j)};
+              if (beats(cand, mine)) mine = cand;
+            }
+          }
+        }
+        part.best = block_reduce(mine, BestOp{}, red);
+      }
+      if (threadIdx.x == 0) a.partials[row * a.slices + s] = part;
+      continue;
+    }
+
+    // Sparse: hand over every finite z >= theta.
+    float tmax = TITA_NEG_INF;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) tmax = fmaxf(tmax, z[i]);
+    const int C = c.top_k > 0 ? static_cast<int>(c.top_k) : kDefaultCands;
+    float theta = TITA_NEG_INF;
+    if (__syncthreads_count(tmax != TITA_NEG_INF) >= C) theta = kth_of_thread_values(tmax, C);
+    int mine = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) mine += (z[i] != TITA_NEG_INF && z[i] >= theta) ? 1 : 0;
+    int n = block_reduce(mine, SumIntOp{}, red);
+    if (n > kSliceSlots) {  // many ids near the top: the exact C-th largest (at least C finite here)
+      theta = kth_of_block_values<kPer>(z, C, red);
+      mine = 0;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) mine += (z[i] != TITA_NEG_INF && z[i] >= theta) ? 1 : 0;
+      n = block_reduce(mine, SumIntOp{}, red);
+    }
+    bool dropped = false;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) dropped = dropped || (z[i] != TITA_NEG_INF && z[i] < theta);
+    part.theta = __syncthreads_or(dropped) ? theta : TITA_NEG_INF;
+    if (n > kSliceSlots) {
+      part.n_cands = -1;
+    } else {
+      part.n_cands = n;
+      if (threadIdx.x == 0) slot_count = 0;
+      __syncthreads();
+      Cand* out = a.cands + (row * a.slices + s) * kSliceSlots;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        if (z[i] != TITA_NEG_INF && z[i] >= theta) {
+          const int k = i / kVec, j = i % kVec;
+          const int64_t id = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + j;
+          out[atomicAdd(&slot_count, 1)] = Cand{z[i], static_cast<int32_t>(id)};
+        }
+      }
+    }
+    if (threadIdx.x == 0) a.partials[row * a.slices + s] = part;
+    __syncthreads();  // slot_count is reset by the next row of this block
+  }
+}
+
+// Max of the clean base logits of each (slice, row): the plausibility floor's input.
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) base_max_kernel(KernelArgs a) {
+  __shared__ ReduceSmem red;
+  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * a.slice_len;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const RowPtr bp = row_ptr(a.in.base, row);
+    float m = TITA_NEG_INF;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
+      if (id0 >= a.in.vocab) continue;
+      float b[kVec];
+      load8(bp, id0, a.in.vocab, b);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) m = fmaxf(m, b[j]);
+    }
+    m = block_reduce(m, MaxOp{}, red);
+    if (threadIdx.x == 0) a.base_max[row * a.slices + blockIdx.x] = m;
+  }
+}
+
+}  // namespace tita::cuda

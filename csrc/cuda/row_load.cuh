@@ -1,0 +1,160 @@
+// Reading the logits rows and forming the guided score z, bit for bit as the reference does.
+//
+// A thread reads ids in chunks of 8 consecutive ids: one 16-byte load per input for fp16 / bf16,
+// two for fp32, when the row is contiguous and the chunk is 16-byte aligned (else element by
+// element, any stride). Non-finite logits become -inf on load (as the CPU kernel does).
+//
+// z uses only correctly rounded fp32 operations (__fadd_rn / __fmul_rn: never contracted into
+// an FMA), in the reference's order, so the scores, and hence the tokens, equal the reference's.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../common/contract.h"
+#include "block_reduce.cuh"
+#include "launch.h"
+
+namespace tita::cuda {
+
+constexpr int kVec = 8;  // ids per chunk
+
+__device__ __forceinline__ int elem_size(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+__device__ __forceinline__ float clean(float x) { return is_finite(x) ? x : TITA_NEG_INF; }
+
+__device__ __forceinline__ float half_bits(uint32_t h, DType d) {
+  const unsigned short u = static_cast<unsigned short>(h);
+  return d == DType::kF16 ? __half2float(__ushort_as_half(u)) : __bfloat162float(__ushort_as_bfloat16(u));
+}
+
+// One row of one input: its first element, and the view (dtype, column stride).
+struct RowPtr {
+  const char* p;  // nullptr: absent input
+  DType dtype;
+  int64_t col_stride;
+};
+
+__device__ __forceinline__ RowPtr row_ptr(const LogitsView& v, int64_t row) {
+  if (v.data == nullptr) return RowPtr{nullptr, v.dtype, v.col_stride};
+  return RowPtr{static_cast<const char*>(v.data) + row * v.row_stride * elem_size(v.dtype), v.dtype, v.col_stride};
+}
+
+// One element (clean fp32).
+__device__ __forceinline__ float load_one(const RowPtr& r, int64_t id) {
+  const int64_t i = id * r.col_stride;
+  float x;
+  if (r.dtype == DType::kF32) {
+    x = __ldg(reinterpret_cast<const float*>(r.p) + i);
+  } else {
+    x = half_bits(__ldg(reinterpret_cast<const unsigned short*>(r.p) + i), r.dtype);
+  }
+  return clean(x);
+}
+
+// ids [id0, id0 + 8) as clean fp32; ids >= end give -inf.
+__device__ __forceinline__ void load8(const RowPtr& r, int64_t id0, int64_t end, float* out) {
+  if (r.col_stride == 1 && id0 + kVec <= end) {
+    const char* p = r.p + id0 * elem_size(r.dtype);
+    if ((reinterpret_cast<uintptr_t>(p) & 15u) == 0) {
+      if (r.dtype == DType::kF32) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+        out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+        out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+      } else {
+        const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+        const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {  // little-endian: the lower id is the low half
+          out[2 * k] = half_bits(words[k] & 0xFFFFu, r.dtype);
+          out[2 * k + 1] = half_bits(words[k] >> 16, r.dtype);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) out[j] = clean(out[j]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) out[j] = id0 + j < end ? load_one(r, id0 + j) : TITA_NEG_INF;
+}
+
+// The rows a block works on.
+struct RowPtrs {
+  RowPtr base, reward, ref;  // ref.p == nullptr: no reference logits
+};
+
+__device__ __forceinline__ RowPtrs row_ptrs(const GuidedInputs& in, int64_t row) {
+  return RowPtrs{row_ptr(in.base, row), row_ptr(in.reward, row), row_ptr(in.ref, row)};
+}
+
+// b, r and f (f = b without reference logits) of one chunk.
+__device__ __forceinline__ void load_chunk(const RowPtrs& rp, int64_t id0, int64_t end, float* b, float* r,
+                                           float* f) {
+  load8(rp.base, id0, end, b);
+  load8(rp.reward, id0, end, r);
+  if (rp.ref.p != nullptr) {
+    load8(rp.ref, id0, end, f);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) f[j] = b[j];
+  }
+}
+
+// How one row forms z (reference._guided_scores).
+struct ZParams {
+  float alpha, one_minus, inv_t;
+  float floor;  // plausibility floor on the base logit; -inf: off
+  int form;     // 0: b + a (r - b); 1: r - (r - b)(1 - a)  (torch.lerp's two forms); 2: b + a (r - f)
+};
+
+__device__ __forceinline__ ZParams z_params(const RowConfig& c, float floor) {
+  return ZParams{c.alpha, __fsub_rn(1.0f, c.alpha), c.inv_t, floor, c.lerp ? (c.alpha < 0.5f ? 0 : 1) : 2};
+}
+
+__device__ __forceinline__ float guided_z(const ZParams& p, float b, float r, float f) {
+  float s;
+  if (p.form == 2) {
+    s = __fadd_rn(b, __fmul_rn(p.alpha, __fsub_rn(r, f)));
+  } else if (p.form == 0) {
+    s = __fadd_rn(b, __fmul_rn(p.alpha, __fsub_rn(r, b)));
+  } else {
+    s = __fsub_rn(r, __fmul_rn(__fsub_rn(r, b), p.one_minus));
+  }
+  if (!is_finite(s) || b < p.floor) s = TITA_NEG_INF;
+  return __fmul_rn(s, p.inv_t);
+}
+
+// The noise address of one row, exactly as the CPU kernel builds it (guided_ops_cpu.cpp make_plan).
+__device__ __forceinline__ NoiseAddress noise_address(const NoiseSource& noise, int64_t row) {
+  const int64_t seed = noise.seed[noise.seed_numel == 1 ? 0 : row];
+  const int64_t offset = noise.offset[noise.offset_numel == 1 ? 0 : row];
+  return NoiseAddress{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                      static_cast<uint32_t>(noise.seed_per_row ? 0 : row)};
+}
+
+// Philox words of the 4 ids [g0, g0 + 4) (g0 % 4 == 0): word j is id g0 + j's (gumbel_at's address).
+__device__ __forceinline__ Philox4<uint32_t> philox_group(const NoiseAddress& a, int64_t g0) {
+  return philox4x32<float>(static_cast<uint32_t>(g0 >> 2), a.row, static_cast<uint32_t>(a.offset),
+                           static_cast<uint32_t>(a.offset >> 32), static_cast<uint32_t>(a.seed),
+                           static_cast<uint32_t>(a.seed >> 32));
+}
+
+// Skipping noise that cannot win: a word whose uniform u gives Gumbel noise below `need` can be
+// skipped. g(u) >= need iff 1 - u <= -expm1(-exp(-need)); with u = (2m + 1) 2^-24 (m = bits >> 9),
+// (1 - u) 2^24 = 16777215 - 2m exactly. reach_limit is conservative: need less a 0.01 margin
+// (far above plog's ~1e-6 error on noise values), and a 0.1% relative margin on top.
+__device__ __forceinline__ float reach_limit(float need) {
+  if (!(need > -1.0f)) return INFINITY;  // nothing is skipped
+  const float e = expf(-(need - 0.01f));
+  return -expm1f(-e) * 16777216.0f * 1.001f + 1.0f;
+}
+__device__ __forceinline__ bool may_reach(uint32_t bits, float limit) {
+  return static_cast<float>(16777215u - 2u * (bits >> 9)) <= limit;
+}
+
+}  // namespace tita::cuda
