@@ -173,7 +173,7 @@ def guided_generate(
     Returns:
         GuidedOutput (sequences, new_tokens, logprobs, token_rewards, lengths, finish_reason, timings).
     """
-    if use_cuda_graph not in (None, True, False):
+    if use_cuda_graph is not None and not isinstance(use_cuda_graph, bool):
         raise ValueError(f"use_cuda_graph must be None, True or False, got {use_cuda_graph!r}")
     kwargs = dict(reward_inputs=reward_inputs, ref_inputs=ref_inputs, alpha=alpha, do_sample=do_sample,
                   temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, plausibility=plausibility,

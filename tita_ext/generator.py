@@ -29,7 +29,7 @@ from . import _validate as check
 from .adapters.static_cache import StaticCacheUnsupported, StaticRunner, check_static_cache_support
 from .generate import (Call, GuidedOutput, Timings, _finish_reasons, _raise_on_failed_rows, _sync, guided_generate,
                        prepare_call)
-from .graphs import PARAM_BUFFERS, DecodeStep, GraphKey
+from .graphs import DecodeStep, GraphKey, active_filters
 from .ops import Backend, _resolve_backend, advance_impl, sample_impl
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -41,13 +41,14 @@ def _check_int(name: str, value: object, low: int) -> int:
     return value
 
 
-def graphs_possible(device: torch.device, backend: str) -> tuple[bool, str]:
-    """(whether the decode step can be captured here, why not)."""
+def graphs_possible(device: torch.device) -> tuple[bool, str]:
+    """(whether the decode step can be captured on this device, why not). Every fused-op
+    backend is capture-safe (no host syncs: the reference decides its branches from Python
+    arguments); a capture that fails anyway falls back to eager decoding (see GuidedGenerator)."""
     if device.type != "cuda":
-        return False, f"the models are on {device.type}, CUDA graphs need CUDA"
-    if backend == "reference":
-        return False, ("the fused op runs on the pure-PyTorch reference (the compiled CUDA kernel is not built); "
-                       "pass backend='triton' or build the CUDA kernels")
+        return False, f"the models are on {device.type}; CUDA graphs need CUDA"
+    if not torch.cuda.is_available():  # pragma: no cover - a CUDA model implies it
+        return False, "CUDA is not available"
     return True, ""
 
 
@@ -93,7 +94,7 @@ class GuidedGenerator:
         _check_int("max_batch_size", max_batch_size, 1)
         _check_int("max_length", max_length, 2)
         self.sync_every = _check_int("sync_every", sync_every, 1)
-        if use_cuda_graph not in (None, True, False):
+        if use_cuda_graph is not None and not isinstance(use_cuda_graph, bool):
             raise ValueError(f"use_cuda_graph must be None, True or False, got {use_cuda_graph!r}")
         self.buckets = bucket_sizes(buckets, max_batch_size)
         self.max_batch_size, self.max_length = max_batch_size, max_length
@@ -107,7 +108,7 @@ class GuidedGenerator:
         self.vocab_size = None if vocab_size is None else check.vocab_size(vocab_size)
         self.overlap = bool(overlap)
 
-        possible, why = graphs_possible(self.device, self.backend)
+        possible, why = graphs_possible(self.device)
         self.static, self.fallback_reason = True, ""
         try:
             for role, model in self.models.items():
@@ -121,6 +122,7 @@ class GuidedGenerator:
         if use_cuda_graph and not possible:
             raise ValueError(f"use_cuda_graph=True but the decode step cannot be captured: {why}")
         self.use_cuda_graph = possible if use_cuda_graph is None else bool(use_cuda_graph)
+        self.graphs_required = use_cuda_graph is True
         self.why_eager = "" if self.use_cuda_graph else (why or "use_cuda_graph=False")
 
         self.runners: dict[str, StaticRunner] = {}
@@ -206,11 +208,12 @@ class GuidedGenerator:
         device = self.device
         pad, max_new = settings.pad_token_id, settings.max_new_tokens
         prompt = call.inputs["base"]["input_ids"].to(torch.int64)
-        per_row = state.load(batch, self._param_rows(call, batch), call.seed, settings.eos_token_ids)
+        params = self._param_rows(call, batch)
+        per_row = state.load(batch, params, call.seed, settings.eos_token_ids)
         stops, streamer = call.stops, call.streamer
         need_host = stops is not None or streamer is not None
         sync_every = 1 if need_host else self.sync_every
-        key = GraphKey(rows, per_row, pad, vocab, self.overlap)
+        key = GraphKey(rows, per_row, pad, vocab, self.overlap, active_filters(params))
         if streamer is not None:
             streamer.put(prompt.cpu())
 
@@ -218,14 +221,14 @@ class GuidedGenerator:
         positions_before = [r.positions for r in self.runners.values()]
         logits = [runner.prefill(call.inputs[role], max_new) for role, runner in self.runners.items()]
         if any(r.positions is not p for r, p in zip(self.runners.values(), positions_before)):
-            state.graphs.clear()  # a position buffer was (re)made: captured addresses are stale
+            state.drop_graphs()  # a position buffer was (re)made: captured addresses are stale
         # The first token comes from the prefill logits ([B, V]): eagerly, at the real batch size.
-        state.sample_and_advance(logits, batch, per_row, pad, vocab)
+        state.sample_and_advance(logits, batch, per_row, pad, vocab, key.active)
         _sync(device)
         prefill_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        replay = state.graph(key).replay if self.use_cuda_graph and max_new > 1 else None
+        replay = self._replay(key) if self.use_cuda_graph and max_new > 1 else None
         stop_rows: set[int] = set()
         steps, since_read = 1, 0
         while True:
@@ -259,6 +262,18 @@ class GuidedGenerator:
         self.calls += 1
         self.last_bucket = rows
         return self._output(prompt, batch, steps, stop_rows, settings, prefill_s, decode_s)
+
+    def _replay(self, key: GraphKey):
+        """The captured step's replay for `key`; None (decode eagerly from here on) when the
+        capture fails and graphs were not required (use_cuda_graph=None), with a warning."""
+        try:
+            return self.state.graph(key)
+        except RuntimeError as err:
+            if self.graphs_required:
+                raise
+            self.use_cuda_graph, self.why_eager = False, f"capture failed: {err.__cause__ or err}"
+            warnings.warn(f"GuidedGenerator: {err}; decoding eagerly on the static caches from now on", stacklevel=3)
+            return None
 
     def _output(self, prompt: torch.Tensor, batch: int, steps: int, stop_rows: set[int], settings, prefill_s: float,
                 decode_s: float) -> GuidedOutput:
@@ -301,7 +316,7 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
     sizes fit, and replaced (larger batch / length) otherwise. clear_generator_cache() drops it.
     """
     resolved = _resolve_backend(backend, call.device)
-    possible, why = graphs_possible(call.device, resolved)
+    possible, why = graphs_possible(call.device)
     if possible:
         try:
             for role, model in models.items():
@@ -331,6 +346,6 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
     batch = next((b for b in DEFAULT_BUCKETS if b >= batch), batch)
     length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
     gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
-                          max_length=length, use_cuda_graph=True, backend=resolved)
+                          max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
     _cache["entry"] = (resolved, gen)
     return gen

@@ -1,0 +1,341 @@
+"""GuidedGenerator on the CPU: its eager decoding on static KV caches gives guided_generate's output
+(tiny LLaVA, Qwen2-VL, Qwen2.5-VL, Llama; greedy, one seed, per-row seeds; left-padded batches
+padded up to a bucket), sync_every does not change the output, repeated calls reuse the caches,
+the captured-step machinery (warm-up undone, replay per bucket) is exercised with the capture
+replaced by the eager step, and bad arguments get clear errors. The CUDA-graph capture itself is
+tested in test_graphs_cuda.py (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from generate_fixtures import FAMILIES, pair, tokenizer
+
+import tita_ext
+from tita_ext import generator as gen_module
+from tita_ext import graphs
+from tita_ext import tiny_models as tiny
+
+NEW = 8
+MODES = {
+    "greedy": dict(),
+    "one_seed": dict(do_sample=True, temperature=0.9, top_k=40, seed=5),
+    "row_seeds": dict(do_sample=True, temperature=1.1, top_p=0.9, seed=[11, 12, 13]),
+}
+
+
+def make(p, **kwargs) -> tita_ext.GuidedGenerator:
+    kwargs.setdefault("max_batch_size", 4)
+    kwargs.setdefault("max_length", 64)
+    return tita_ext.GuidedGenerator(p.base, p.reward, kwargs.pop("ref_model", None), **kwargs)
+
+
+def assert_same_output(got: tita_ext.GuidedOutput, want: tita_ext.GuidedOutput) -> None:
+    """Tokens, lengths and finish reasons exactly; log-probs and rewards to fp32 rounding (the
+    static cache attends over its whole length: masked positions change the summation order)."""
+    assert torch.equal(got.sequences, want.sequences)
+    assert torch.equal(got.new_tokens, want.new_tokens)
+    assert torch.equal(got.lengths, want.lengths)
+    assert got.finish_reason == want.finish_reason
+    torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.token_rewards, want.token_rewards, atol=1e-5, rtol=0)
+    assert got.timings.steps == want.timings.steps and got.timings.new_tokens == want.timings.new_tokens
+
+
+@pytest.fixture(scope="module")
+def generators():
+    """One generator per family, shared by the tests (as a user would keep it)."""
+    return {family: make(pair(family), sync_every=3) for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", list(MODES))
+def test_eager_generator_matches_guided_generate(generators, family, mode):
+    p = pair(family)
+    inputs = p.inputs((0, 1, 2))  # left padded, 3 rows: run in the 4-row bucket
+    assert inputs["attention_mask"].min() == 0
+    gen = generators[family]
+    assert not gen.use_cuda_graph and gen.static
+    want = tita_ext.guided_generate(p.base, p.reward, inputs, max_new_tokens=NEW, **MODES[mode])
+    got = gen.generate(inputs, max_new_tokens=NEW, **MODES[mode])
+    assert gen.last_bucket == 4
+    assert_same_output(got, want)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_single_row_and_two_rows(generators, family):
+    p = pair(family)
+    gen = generators[family]
+    for rows, bucket in (((1,), 1), ((2, 0), 2)):
+        inputs = p.inputs(rows)
+        kwargs = dict(do_sample=True, temperature=0.8, seed=3, max_new_tokens=NEW)
+        assert_same_output(gen.generate(inputs, **kwargs),
+                           tita_ext.guided_generate(p.base, p.reward, inputs, **kwargs))
+        assert gen.last_bucket == bucket
+
+
+def _eos_at(p, inputs, steps: list[int]) -> tuple[list[int], tita_ext.GuidedOutput]:
+    """EOS ids that stop rows at different steps of a free run (with eos_token_id=[])."""
+    free = tita_ext.guided_generate(p.base, p.reward, inputs, max_new_tokens=12, eos_token_id=[])
+    return [int(free.new_tokens[row, step]) for row, step in enumerate(steps)], free
+
+
+@pytest.mark.parametrize("sync_every", [1, 2, 5, 64])
+def test_sync_every_gives_the_exact_output(sync_every):
+    p = pair("llava")
+    inputs = p.inputs((0, 1, 2))
+    eos, free = _eos_at(p, inputs, [2, 5, 3])
+    want = tita_ext.guided_generate(p.base, p.reward, inputs, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
+    assert want.new_tokens.shape[1] < 12  # every row stops before max_new_tokens: the loop ends early
+    got = make(p, sync_every=sync_every).generate(inputs, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
+    assert_same_output(got, want)
+    assert got.finish_reason.count("eos") == 3
+
+
+def test_eos_mid_way_pads_and_keeps_other_rows():
+    p = pair("qwen2_vl")
+    inputs = p.inputs((0, 1, 2))
+    free = tita_ext.guided_generate(p.base, p.reward, inputs, max_new_tokens=10, eos_token_id=[])
+    eos = int(free.new_tokens[1, 3])
+    kwargs = dict(max_new_tokens=10, eos_token_id=[tiny.VIDEO_ID, eos], pad_token_id=0)
+    want = tita_ext.guided_generate(p.base, p.reward, inputs, **kwargs)
+    got = make(p, sync_every=4).generate(inputs, **kwargs)
+    assert_same_output(got, want)
+    n = int(got.lengths[1])
+    assert got.finish_reason[1] == "eos" and (got.new_tokens[1, n:] == 0).all()
+    assert (got.logprobs[1, n:] == 0).all() and (got.token_rewards[1, n:] == 0).all()
+
+
+def test_repeated_calls_reuse_the_caches():
+    p = pair("qwen2_5_vl")
+    gen = make(p, max_batch_size=3, buckets=(1, 2))  # buckets 1, 2 and then 3 (max_batch_size)
+    assert gen.buckets == (1, 2, 3)
+    keys = [layer.keys for runner in gen.runners.values() for layer in runner.cache.layers]
+    pointers = [k.data_ptr() for k in keys]
+    for rows, mode in (((0, 1, 2), "greedy"), ((1,), "one_seed"), ((2, 0), "greedy"), ((0, 1, 2), "row_seeds"),
+                       ((0, 1), "greedy")):
+        inputs = p.inputs(rows)
+        kwargs = dict(MODES[mode], max_new_tokens=6)
+        if mode == "row_seeds":
+            kwargs["seed"] = kwargs["seed"][:len(rows)]
+        assert_same_output(gen.generate(inputs, **kwargs), tita_ext.guided_generate(p.base, p.reward, inputs, **kwargs))
+    assert gen.calls == 5
+    assert [layer.keys.data_ptr() for runner in gen.runners.values() for layer in runner.cache.layers] == pointers
+
+
+def test_per_row_parameters_reference_model_and_reward_inputs():
+    p = pair("llava")
+    inputs = p.inputs((0, 1))
+    gen = make(p, ref_model=p.reward)
+    kwargs = dict(alpha=[0.0, 1.5], max_new_tokens=NEW, do_sample=True, temperature=[0.0, 0.7], seed=9,
+                  reward_inputs=inputs)
+    want = tita_ext.guided_generate(p.base, p.reward, inputs, ref_model=p.reward, **kwargs)
+    got = gen.generate(inputs, **kwargs)
+    assert_same_output(got, want)
+    assert got.token_rewards.abs().max() == 0  # reference = reward
+
+
+def test_stop_strings_and_streamer_match():
+    p = pair("llava")
+    tok = tokenizer()
+    inputs = p.inputs((0, 1))
+    free = tita_ext.guided_generate(p.base, p.reward, inputs, max_new_tokens=12, eos_token_id=[])
+    stop = tok.decode(free.new_tokens[0, 2:4])
+    streamed = {}
+    for name, fn in (("want", lambda **kw: tita_ext.guided_generate(p.base, p.reward, inputs, **kw)),
+                     ("got", lambda **kw: make(p, sync_every=6).generate(inputs, **kw))):
+        calls = []
+
+        class Streamer:
+            def put(self, value):
+                calls.append(value.clone())
+
+            def end(self):
+                calls.append(None)
+
+        out = fn(max_new_tokens=12, eos_token_id=[], stop_strings=[stop], tokenizer=tok, streamer=Streamer())
+        streamed[name] = (out, calls)
+    (got, got_calls), (want, want_calls) = streamed["got"], streamed["want"]
+    assert_same_output(got, want)
+    assert "stop_string" in got.finish_reason
+    assert len(got_calls) == len(want_calls) and got_calls[-1] is None
+    assert all(torch.equal(a, b) for a, b in zip(got_calls[:-1], want_calls[:-1]))
+
+
+def test_generator_seed_reproducible_and_generator_argument():
+    p = pair("llama")
+    gen = make(p)
+    inputs = p.inputs((0, 1))
+    kwargs = dict(do_sample=True, temperature=1.0, max_new_tokens=10)
+    a, b = gen.generate(inputs, seed=4, **kwargs), gen.generate(inputs, seed=4, **kwargs)
+    assert torch.equal(a.new_tokens, b.new_tokens)
+    assert not torch.equal(a.new_tokens, gen.generate(inputs, seed=5, **kwargs).new_tokens)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert_same_output(gen.generate(inputs, generator=g1, **kwargs),
+                       tita_ext.guided_generate(p.base, p.reward, inputs, generator=g2, **kwargs))
+
+
+# ---- the captured-step machinery, with the capture replaced by the eager step ------------------
+
+class FakeCapture:
+    """Stands in for CUDA on the CPU: the warm-up runs the step (as on a side stream) and the
+    "capture" returns the eager step as the replay, so the generator's graph bookkeeping, the
+    warm-up's undo and the replay loop run for real."""
+
+    def __init__(self, monkeypatch, fail: bool = False):
+        self.warmups, self.captures = 0, 0
+
+        def warm_up(state, step):
+            for _ in range(graphs.WARMUP_STEPS):
+                step()
+            self.warmups += 1
+
+        def capture(state, step):
+            if fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            self.captures += 1
+            return step
+
+        monkeypatch.setattr(graphs.DecodeStep, "_warm_up", warm_up)
+        monkeypatch.setattr(graphs.DecodeStep, "_capture", capture)
+        monkeypatch.setattr(gen_module, "graphs_possible", lambda device: (True, ""))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llama"])
+def test_replayed_step_after_undone_warm_up_matches_eager(monkeypatch, family):
+    p = pair(family)
+    eager = make(p, use_cuda_graph=False, sync_every=2)
+    fake = FakeCapture(monkeypatch)
+    graphed = make(p, use_cuda_graph=True, sync_every=2)
+    assert graphed.use_cuda_graph and not eager.use_cuda_graph
+    for rows, mode in (((0, 1, 2), "greedy"), ((0, 1, 2), "row_seeds"), ((1,), "one_seed"), ((0, 1, 2), "greedy")):
+        inputs = p.inputs(rows)
+        kwargs = dict(MODES[mode], max_new_tokens=NEW)
+        got, want = graphed.generate(inputs, **kwargs), eager.generate(inputs, **kwargs)
+        # The same ops in the same order: bit-identical, log-probs included.
+        assert torch.equal(got.new_tokens, want.new_tokens)
+        assert torch.equal(got.logprobs, want.logprobs) and torch.equal(got.token_rewards, want.token_rewards)
+    # One capture per (bucket, settings): 4 rows greedy, 4 rows per-row seeds, 1 row one seed; reused after.
+    assert fake.captures == 3 and fake.warmups == 3 and len(graphed.captured) == 3
+    assert {key.rows for key in graphed.captured} == {1, 4}
+
+
+def test_capture_failure_falls_back_or_raises(monkeypatch):
+    p = pair("llama")
+    inputs = p.inputs((0, 1))
+    FakeCapture(monkeypatch, fail=True)
+    auto = make(p, use_cuda_graph=None)
+    assert auto.use_cuda_graph
+    with pytest.warns(UserWarning, match="decoding eagerly"):
+        got = auto.generate(inputs, max_new_tokens=NEW)
+    assert not auto.use_cuda_graph and "capture failed" in auto.why_eager
+    assert_same_output(got, tita_ext.guided_generate(p.base, p.reward, inputs, max_new_tokens=NEW))
+    required = make(p, use_cuda_graph=True)
+    with pytest.raises(RuntimeError, match="use_cuda_graph=False"):
+        required.generate(inputs, max_new_tokens=NEW)
+
+
+def test_guided_generate_reuses_one_cached_generator(monkeypatch):
+    FakeCapture(monkeypatch)
+    tita_ext.clear_generator_cache()
+    p = pair("llava")
+    try:
+        small = p.inputs((0,))
+        out = tita_ext.guided_generate(p.base, p.reward, small, max_new_tokens=NEW)
+        first = gen_module._cache["entry"][1]
+        assert first.max_batch_size == 1 and first.max_length % 256 == 0 and first.calls == 1
+        assert_same_output(out, tita_ext.guided_generate(p.base, p.reward, small, max_new_tokens=NEW,
+                                                         use_cuda_graph=False))
+        tita_ext.guided_generate(p.base, p.reward, small, max_new_tokens=NEW, seed=1, do_sample=True)
+        assert gen_module._cache["entry"][1] is first and first.calls == 2
+        big = p.inputs((0, 1, 2))  # more rows than the cached generator holds: replaced by a larger one
+        out = tita_ext.guided_generate(p.base, p.reward, big, max_new_tokens=NEW)
+        second = gen_module._cache["entry"][1]
+        assert second is not first and second.max_batch_size == 4
+        assert_same_output(out, tita_ext.guided_generate(p.base, p.reward, big, max_new_tokens=NEW,
+                                                         use_cuda_graph=False))
+        q = pair("llama")  # other models: their own generator
+        tita_ext.guided_generate(q.base, q.reward, q.inputs((0,)), max_new_tokens=4)
+        assert gen_module._cache["entry"][1].models["base"] is q.base
+    finally:
+        tita_ext.clear_generator_cache()
+    assert "entry" not in gen_module._cache
+
+
+def test_guided_generate_on_cpu_keeps_its_eager_loop():
+    tita_ext.clear_generator_cache()
+    p = pair("llama")
+    tita_ext.guided_generate(p.base, p.reward, p.inputs((0,)), max_new_tokens=4)
+    assert "entry" not in gen_module._cache  # no CUDA: no cached generator, no static caches
+
+
+# ---- fallbacks and errors --------------------------------------------------------------------
+
+def _sliding_window_pair():
+    """Mistral with sliding-window attention: its StaticCache has sliding layers (unsupported)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def build(seed, hidden):
+        config = MistralConfig(vocab_size=tiny.VOCAB_WIDTH, hidden_size=hidden, intermediate_size=2 * hidden,
+                               num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                               bos_token_id=tiny.BOS_ID, eos_token_id=tiny.EOS_ID, pad_token_id=tiny.PAD_ID)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MistralForCausalLM(config).eval()
+        model.generation_config.pad_token_id = tiny.PAD_ID
+        return model
+
+    return build(0, 64), build(1, 32)
+
+
+def test_model_without_static_cache_support_decodes_on_dynamic_caches():
+    base, reward = _sliding_window_pair()
+    inputs = tokenizer()(["USER: hi ASSISTANT:", "USER: What is in the picture? ASSISTANT:"], return_tensors="pt",
+                         padding=True)
+    gen = tita_ext.GuidedGenerator(base, reward, max_batch_size=2, max_length=64)
+    assert not gen.static and "StaticSlidingWindowLayer" in gen.fallback_reason
+    assert "dynamic caches" in repr(gen)
+    kwargs = dict(max_new_tokens=6, eos_token_id=[], do_sample=True, seed=2)
+    assert_same_output(gen.generate(inputs, **kwargs), tita_ext.guided_generate(base, reward, inputs, **kwargs))
+    with pytest.raises(ValueError, match="no static cache"):
+        tita_ext.GuidedGenerator(base, reward, max_batch_size=2, max_length=64, use_cuda_graph=True)
+
+
+def test_bad_arguments_have_clear_errors():
+    p = pair("llava")
+    gen = make(p, max_batch_size=2, max_length=40)
+    with pytest.raises(ValueError, match="max_batch_size=2"):
+        gen.generate(p.inputs((0, 1, 2)), max_new_tokens=2)
+    length = p.inputs((0,))["input_ids"].shape[1]
+    with pytest.raises(ValueError, match="max_length=40"):
+        gen.generate(p.inputs((0,)), max_new_tokens=41 - length)
+    gen.generate(p.inputs((0,)), max_new_tokens=40 - length)  # exactly full: fine
+    with pytest.raises(ValueError, match="sync_every"):
+        make(p, sync_every=0)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        make(p, max_batch_size=0)
+    with pytest.raises(ValueError, match="max_length"):
+        make(p, max_length=1)
+    with pytest.raises(ValueError, match="bucket"):
+        make(p, buckets=(0, 2))
+    with pytest.raises(ValueError, match="buckets"):
+        make(p, buckets=())
+    with pytest.raises(ValueError, match="use_cuda_graph"):
+        make(p, use_cuda_graph="yes")
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA"):
+        make(p, use_cuda_graph=True)
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA"):
+        tita_ext.guided_generate(p.base, p.reward, p.inputs((0,)), max_new_tokens=2, use_cuda_graph=True)
+    with pytest.raises(ValueError, match="use_cuda_graph must be"):
+        tita_ext.guided_generate(p.base, p.reward, p.inputs((0,)), max_new_tokens=2, use_cuda_graph=1)
+    with pytest.raises(TypeError, match="reward_model"):
+        tita_ext.GuidedGenerator(p.base, object(), max_batch_size=1, max_length=8)
+    with pytest.raises(ValueError, match="per-row"):
+        gen.generate(p.inputs((0, 1)), max_new_tokens=2, alpha=[0.1, 0.2, 0.3])
+
+
+def test_bucket_sizes():
+    assert gen_module.bucket_sizes((1, 2, 4, 8, 16, 32), 8) == (1, 2, 4, 8)
+    assert gen_module.bucket_sizes((1, 2, 4, 8, 16, 32), 5) == (1, 2, 4, 8)
+    assert gen_module.bucket_sizes((4, 1), 40) == (1, 4, 40)
+    assert gen_module.bucket_sizes((8,), 3) == (8,)
