@@ -47,6 +47,22 @@ class GraphKey:
     pad_token_id: int
     vocab: int
     overlap: bool
+    # Which of temperature (sampling), top_k, top_p, min_p, plausibility some row turns on: those
+    # are read from their per-row buffers; the others are passed off (as scalars), so a greedy
+    # unfiltered call costs no more than it does eagerly. alpha is always per row.
+    active: tuple[bool, bool, bool, bool, bool] = (True, True, True, True, True)
+
+
+# Parameters that can be off for a whole call, and their "off" test.
+OPTIONAL = ("temperature", "top_k", "top_p", "min_p", "plausibility")
+_IS_ON = {"temperature": lambda v: v != 0, "top_k": lambda v: v > 0, "top_p": lambda v: v < 1,
+          "min_p": lambda v: v > 0, "plausibility": lambda v: v > 0}
+
+
+def active_filters(values: dict[str, object]) -> tuple[bool, ...]:
+    """For a call's parameters (Python number, or a per-row tensor): which optional ones are on
+    for some row (a per-row tensor counts as on)."""
+    return tuple(isinstance(values[name], torch.Tensor) or bool(_IS_ON[name](values[name])) for name in OPTIONAL)
 
 
 class DecodeStep:
@@ -82,18 +98,20 @@ class DecodeStep:
         self.rewards = torch.zeros(rows, history, dtype=torch.float32, device=device)
         self.status = torch.zeros(rows, history, dtype=torch.int32, device=device)
         self.before = torch.ones(rows, history, dtype=torch.bool, device=device)
-        self.graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[GraphKey, object] = {}  # key -> replay function
+        self._captured: list = []  # the CUDAGraph objects (kept alive with their pool)
         self._pool = None
         self._side_stream = None
 
     # ---- per call -------------------------------------------------------------------------
 
-    def load(self, batch: int, params: dict[str, torch.Tensor], seed: torch.Tensor, stop_ids: Sequence[int]) -> bool:
-        """Set the call's state for `batch` real rows: parameters (float32/int64 [batch] each),
-        seed (int64 [1] or [batch]), stop ids. Returns whether the seed is per row."""
+    def load(self, batch: int, params: dict[str, object], seed: torch.Tensor, stop_ids: Sequence[int]) -> bool:
+        """Set the call's state for `batch` real rows: parameters (a number, or a float32/int64
+        [batch] tensor each), seed (int64 [1] or [batch]), stop ids. Returns whether the seed is
+        per row."""
         if len(stop_ids) > self.stop_ids.numel():  # more EOS ids than slots: grow (recapture)
             self.stop_ids = torch.full((len(stop_ids),), -1, dtype=torch.int64, device=self.device)
-            self.graphs.clear()
+            self.drop_graphs()
         self.stop_ids.fill_(-1)
         if stop_ids:
             self.stop_ids[:len(stop_ids)] = torch.tensor(list(stop_ids), dtype=torch.int64)
@@ -118,16 +136,14 @@ class DecodeStep:
     # ---- the step ---------------------------------------------------------------------------
 
     def sample_and_advance(self, logits: Sequence[torch.Tensor], rows: int, per_row_seed: bool, pad: int,
-                           vocab: int) -> None:
+                           vocab: int, active: Sequence[bool]) -> None:
         """The fused op on the step's logits ([rows, V] each), the bookkeeping, the history."""
-        p = self.params
         seed = self.seed_rows[:rows] if per_row_seed else self.seed_one
         ref = logits[2] if len(logits) > 2 else None
-        d = DEFAULTS
-        tokens, logprob, reward, status = self.sample_op(
-            logits[0], logits[1], ref, d["alpha"], p["alpha"][:rows], d["temperature"], p["temperature"][:rows],
-            d["top_k"], p["top_k"][:rows], d["top_p"], p["top_p"][:rows], d["min_p"], p["min_p"][:rows],
-            d["plausibility"], p["plausibility"][:rows], seed, self.offset, vocab)
+        args = [DEFAULTS["alpha"], self.params["alpha"][:rows]]
+        for name, on in zip(OPTIONAL, active):
+            args += [DEFAULTS[name], self.params[name][:rows]] if on else [PARAM_BUFFERS[name][1], None]
+        tokens, logprob, reward, status = self.sample_op(logits[0], logits[1], ref, *args, seed, self.offset, vocab)
         finished = self.finished[:rows]
         record, feed, after, done = self.advance_op(tokens, finished, self.stop_ids, pad)
         index = self.step_index
@@ -162,7 +178,7 @@ class DecodeStep:
     def step(self, key: GraphKey) -> None:
         """One decode step, eagerly (the captured graph's body)."""
         logits = self.forwards(key.rows, key.overlap)
-        self.sample_and_advance(logits, key.rows, key.per_row_seed, key.pad_token_id, key.vocab)
+        self.sample_and_advance(logits, key.rows, key.per_row_seed, key.pad_token_id, key.vocab, key.active)
 
     # ---- CUDA graphs ------------------------------------------------------------------------
 
@@ -175,36 +191,48 @@ class DecodeStep:
                 state.append(runner.positions)
         return [(t, t.clone()) for t in state]
 
-    def graph(self, key: GraphKey) -> torch.cuda.CUDAGraph:
-        """The captured step for `key`, capturing it now if needed (after a warm-up on a side
-        stream that is undone: the graph starts from the current state)."""
+    def graph(self, key: GraphKey):
+        """The replay function of the captured step for `key`, capturing it now if needed: a
+        warm-up of WARMUP_STEPS eager steps (lazy initialisations, cuBLAS workspaces) whose effects
+        are then undone, and the capture, which runs nothing, so the graph starts from the
+        current state."""
         found = self.graphs.get(key)
         if found is not None:
             return found
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         saved = self._snapshot()
+        self._warm_up(lambda: self.step(key))
+        for tensor, copy in saved:
+            tensor.copy_(copy)
+        try:
+            replay = self._capture(lambda: self.step(key))
+        except Exception as err:
+            raise RuntimeError(
+                f"capturing the decode step as a CUDA graph failed ({type(err).__name__}: {err}). Something in the "
+                "step needs the host (a .item(), a data-dependent shape, a CPU tensor) in the models or the fused op "
+                "backend; pass use_cuda_graph=False to decode eagerly on the static caches") from err
+        self.graphs[key] = replay
+        return replay
+
+    def _warm_up(self, step) -> None:
+        """Run `step` WARMUP_STEPS times on a side stream (as torch.cuda.graphs recommends)."""
         warm = torch.cuda.Stream(self.device)
         warm.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(warm):
             for _ in range(WARMUP_STEPS):
-                self.step(key)
+                step()
         torch.cuda.current_stream(self.device).wait_stream(warm)
-        for tensor, copy in saved:
-            tensor.copy_(copy)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                self.step(key)
-        except Exception as err:
-            raise RuntimeError(
-                f"capturing the decode step as a CUDA graph failed ({type(err).__name__}: {err}). Something in the "
-                "step needs the host (a .item(), a data-dependent shape, a CPU tensor): check the fused op backend "
-                "(the compiled CUDA kernel or 'triton' are capture-safe) and the models, or pass "
-                "use_cuda_graph=False to decode eagerly on the static caches") from err
-        self.graphs[key] = graph
-        return graph
 
-    def warmup_budget(self) -> int:
-        """Positions the warm-up needs beyond the current ones (callers keep max_length above)."""
-        return WARMUP_STEPS
+    def _capture(self, step):
+        """Capture `step` into a CUDA graph in the shared pool; returns its replay."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            step()
+        self._captured.append(graph)
+        return graph.replay
+
+    def drop_graphs(self) -> None:
+        """Forget every captured graph (their buffers' addresses changed)."""
+        self.graphs.clear()
+        self._captured.clear()
