@@ -11,7 +11,14 @@
 
 namespace tita::cuda {
 
-constexpr int kThreads = 256;  // every fused kernel runs 256 threads per block
+// Every fused kernel runs kThreads threads per block. The CPU emulation of the kernels
+// (tests/cuda_emu) builds them with fewer threads (cheaper to emulate, more slices per row);
+// nothing else may change it.
+#ifdef TITA_CUDA_EMU_THREADS
+constexpr int kThreads = TITA_CUDA_EMU_THREADS;
+#else
+constexpr int kThreads = 256;
+#endif
 constexpr int kWarps = kThreads / 32;
 #define TITA_NEG_INF (-INFINITY)
 

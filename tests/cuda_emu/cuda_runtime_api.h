@@ -1,0 +1,3 @@
+// Forwards to the CPU emulation of CUDA (see emu.h).
+#pragma once
+#include "emu.h"

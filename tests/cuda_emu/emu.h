@@ -1,0 +1,198 @@
+// A CPU emulation of the CUDA features the fused kernels use, so that their device code
+// (csrc/cuda/*.cuh) runs on a machine without a GPU: one OS thread per CUDA thread of a block,
+// blocks one after another; __syncthreads is a barrier; shuffles and __syncthreads_count go
+// through shared buffers between barriers; fp32 arithmetic is IEEE (built with -ffp-contract=off,
+// so __fadd_rn & co. are plain operations, as on the device).
+//
+// It checks the kernels' logic (plan, slices, merges, selections, the race, addressing, strides,
+// dtypes) against the reference; it cannot check timing, memory-model or occupancy questions.
+// The cuda_runtime.h / cuda_fp16.h / cuda_bf16.h / cuda_runtime_api.h beside this file
+// forward here, so the kernel headers compile unchanged (tests/test_cuda_emulated.py builds it).
+#pragma once
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct float4 {
+  float x, y, z, w;
+};
+struct uint4 {
+  unsigned x, y, z, w;
+};
+struct int2 {
+  int x, y;
+};
+
+inline thread_local dim3 threadIdx;
+inline dim3 blockIdx, gridDim, blockDim;
+
+using cudaError_t = int;
+using cudaStream_t = void*;
+constexpr int cudaSuccess = 0;
+constexpr int cudaErrorInvalidValue = 1;
+constexpr int cudaDevAttrMultiProcessorCount = 16;
+namespace emu {
+inline int sm_count = 132;
+}
+inline cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* v, int, int) {
+  *v = emu::sm_count;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
+template <typename To, typename From>
+inline To emu_bits(From f) {
+  To t;
+  std::memcpy(&t, &f, sizeof(t));
+  return t;
+}
+inline unsigned __float_as_uint(float f) { return emu_bits<unsigned>(f); }
+inline float __uint_as_float(unsigned u) { return emu_bits<float>(u); }
+inline float __int_as_float(int i) { return emu_bits<float>(i); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __expf(float x) { return std::exp(x); }
+
+struct __half {
+  unsigned short x;
+};
+struct __nv_bfloat16 {
+  unsigned short x;
+};
+inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return emu_bits<float>(static_cast<uint32_t>(h.x) << 16); }
+inline float __half2float(__half h) {
+  const uint32_t sign = static_cast<uint32_t>(h.x & 0x8000u) << 16, e = (h.x >> 10) & 0x1Fu, m = h.x & 0x3FFu;
+  if (e == 0) {
+    const float v = std::ldexp(static_cast<float>(m), -24);
+    return sign ? -v : v;
+  }
+  if (e == 31) return emu_bits<float>(sign | 0x7F800000u | (m << 13));
+  return emu_bits<float>(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+namespace emu {
+
+#ifndef TITA_CUDA_EMU_THREADS
+#error "build with -DTITA_CUDA_EMU_THREADS=<threads per block>"
+#endif
+constexpr int kBlock = TITA_CUDA_EMU_THREADS;
+
+inline std::barrier<>& block_barrier() {
+  static std::barrier<> b(kBlock);
+  return b;
+}
+
+struct alignas(16) Slot {
+  unsigned char bytes[16];
+};
+
+template <typename T>
+inline T exchange(T v, int partner) {
+  static Slot buf[kBlock];
+  std::memcpy(&buf[threadIdx.x], &v, sizeof(T));
+  block_barrier().arrive_and_wait();
+  T r;
+  std::memcpy(&r, &buf[partner], sizeof(T));
+  block_barrier().arrive_and_wait();
+  return r;
+}
+
+inline int count_barrier(int pred) {
+  static std::atomic<int> counts[2];
+  static thread_local int phase = 0;
+  const int ph = phase;
+  phase ^= 1;
+  if (pred) counts[ph].fetch_add(1);
+  block_barrier().arrive_and_wait();
+  const int r = counts[ph].load();
+  block_barrier().arrive_and_wait();
+  if (threadIdx.x == 0) counts[ph].store(0);
+  return r;
+}
+
+// Runs a kernel body over a grid: a pool of kBlock threads executes each block in turn.
+class Pool {
+ public:
+  Pool() {
+    for (int t = 0; t < kBlock; ++t) {
+      workers_.emplace_back([this, t] {
+        threadIdx = dim3(static_cast<unsigned>(t));
+        for (;;) {
+          start_.arrive_and_wait();
+          if (stop_) return;
+          job_();
+          done_.arrive_and_wait();
+        }
+      });
+    }
+  }
+  ~Pool() {
+    stop_ = true;
+    start_.arrive_and_wait();
+    for (auto& w : workers_) w.join();
+  }
+  void run(dim3 grid, const std::function<void()>& body) {
+    gridDim = grid;
+    blockDim = dim3(kBlock);
+    job_ = body;
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = dim3(x, y);
+        start_.arrive_and_wait();
+        done_.arrive_and_wait();
+      }
+    }
+  }
+
+ private:
+  std::vector<std::thread> workers_;
+  std::barrier<> start_{kBlock + 1}, done_{kBlock + 1};
+  std::function<void()> job_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::block_barrier().arrive_and_wait(); }
+inline int __syncthreads_count(int pred) { return emu::count_barrier(pred); }
+inline int __syncthreads_or(int pred) { return emu::count_barrier(pred) > 0; }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int o) {
+  return emu::exchange(v, static_cast<int>(threadIdx.x) ^ o);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned, T v, unsigned d) {
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  return emu::exchange(v, lane >= static_cast<int>(d) ? static_cast<int>(threadIdx.x - d) : static_cast<int>(threadIdx.x));
+}
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
