@@ -339,3 +339,16 @@ def test_bucket_sizes():
     assert gen_module.bucket_sizes((1, 2, 4, 8, 16, 32), 5) == (1, 2, 4, 8)
     assert gen_module.bucket_sizes((4, 1), 40) == (1, 4, 40)
     assert gen_module.bucket_sizes((8,), 3) == (8,)
+
+
+def test_base_model_alone_is_its_greedy_generate():
+    p = pair("qwen2_vl")
+    inputs = p.inputs((0, 1, 2))
+    alone = tita_ext.GuidedGenerator(p.base, None, max_batch_size=4, max_length=64)
+    assert list(alone.models) == ["base"]
+    out = alone.generate(inputs, max_new_tokens=NEW, alpha=0.9)
+    want = p.base.generate(**inputs, max_new_tokens=NEW, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+    assert torch.equal(out.new_tokens, want)
+    assert out.token_rewards.abs().max() == 0
+    with pytest.raises(ValueError, match="ref_model was given without reward_model"):
+        tita_ext.GuidedGenerator(p.base, None, p.reward, max_batch_size=1, max_length=8)

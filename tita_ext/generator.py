@@ -68,6 +68,8 @@ class GuidedGenerator:
 
     Args:
         base_model, reward_model, ref_model: as for `guided_generate` (one device, shared tokenizer).
+            reward_model=None decodes the base model alone on the same engine (no guidance: alpha
+            has no effect, token rewards are 0), the baseline that prices guidance.
         max_batch_size: rows per call at most (the largest bucket used is the smallest >= it).
         max_length: positions per row at most: prompt + max_new_tokens (per model's own prompt).
         buckets: batch sizes with a graph of their own; a batch runs in the smallest bucket that
@@ -98,7 +100,11 @@ class GuidedGenerator:
             raise ValueError(f"use_cuda_graph must be None, True or False, got {use_cuda_graph!r}")
         self.buckets = bucket_sizes(buckets, max_batch_size)
         self.max_batch_size, self.max_length = max_batch_size, max_length
-        self.models = {"base": base_model, "reward": reward_model}
+        self.models = {"base": base_model}
+        if reward_model is not None:
+            self.models["reward"] = reward_model
+        elif ref_model is not None:
+            raise ValueError("ref_model was given without reward_model")
         if ref_model is not None:
             self.models["ref"] = ref_model
         for role, model in self.models.items():
@@ -119,6 +125,8 @@ class GuidedGenerator:
         except StaticCacheUnsupported as err:
             self.static, self.fallback_reason = False, str(err)
             possible, why = False, f"no static cache ({err})"
+        if reward_model is None and not self.static:
+            raise ValueError(f"reward_model=None (the base model alone) needs a static cache: {self.fallback_reason}")
         if use_cuda_graph and not possible:
             raise ValueError(f"use_cuda_graph=True but the decode step cannot be captured: {why}")
         self.use_cuda_graph = possible if use_cuda_graph is None else bool(use_cuda_graph)

@@ -66,7 +66,8 @@ def active_filters(values: dict[str, object]) -> tuple[bool, ...]:
 
 
 class DecodeStep:
-    """Static state and the decode step over `runners` (base first, then reward, then ref).
+    """Static state and the decode step over `runners` (base first, then reward, then ref; the
+    base alone samples from its own logits).
 
     Args:
         runners: the models' StaticRunners (same max_batch).
@@ -143,7 +144,8 @@ class DecodeStep:
         args = [DEFAULTS["alpha"], self.params["alpha"][:rows]]
         for name, on in zip(OPTIONAL, active):
             args += [DEFAULTS[name], self.params[name][:rows]] if on else [PARAM_BUFFERS[name][1], None]
-        tokens, logprob, reward, status = self.sample_op(logits[0], logits[1], ref, *args, seed, self.offset, vocab)
+        other = logits[1] if len(logits) > 1 else logits[0]  # a base model alone: its logits in both slots
+        tokens, logprob, reward, status = self.sample_op(logits[0], other, ref, *args, seed, self.offset, vocab)
         finished = self.finished[:rows]
         record, feed, after, done = self.advance_op(tokens, finished, self.stop_ids, pad)
         index = self.step_index
