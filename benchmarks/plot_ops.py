@@ -1,10 +1,13 @@
 """Draw an op benchmark's results as a PNG next to its JSON.
 
     python3 benchmarks/plot_ops.py benchmarks/results/ops-<machine>.json [--cache warm]
+    python3 benchmarks/plot_ops.py benchmarks/results/ops-<gpu>.json       # GPU: one PNG per dtype x inputs
 
 One panel per mode: median microseconds per call against B x V (log-log), one line per
 implementation. When the JSON names the device's peak memory bandwidth (`peak_gbps`, GPU
 results), a second row shows each implementation's read bandwidth as a fraction of that peak.
+GPU results (rows with `dtype` and `inputs` axes) are drawn one PNG per (dtype, inputs) pair,
+named ops-<gpu>-<dtype>-<inputs>in.png.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ STYLE = {"tita": ("C0", "o"), "tita_cuda": ("C0", "o"), "triton": ("C4", "D"), "
          "compile": ("C2", "^"), "flashinfer": ("C5", "v"), "logsumexp": ("0.4", "x")}
 
 
-def series(rows: list[dict], cache: str | None) -> dict[str, dict[str, list[tuple[int, float, float | None]]]]:
-    """{mode: {impl: [(B*V, median_us, gbps), ...] sorted}} from the JSON rows."""
+def series(rows: list[dict], cache: str | None, dtype: str | None = None,
+           inputs: int | None = None) -> dict[str, dict[str, list[tuple[int, float, float | None]]]]:
+    """{mode: {impl: [(B*V, median_us, gbps), ...] sorted}} from the JSON rows (only those of
+    the given cache state, dtype and number of inputs, where given)."""
     out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if "median_us" not in r or (cache and r.get("cache", cache) != cache):
+            continue
+        if (dtype and r.get("dtype", dtype) != dtype) or (inputs and r.get("inputs", inputs) != inputs):
             continue
         out[r["mode"]][r["impl"]].append((r["batch"] * r["vocab"], r["median_us"], r.get("gbps")))
     for impls in out.values():
@@ -36,10 +43,18 @@ def series(rows: list[dict], cache: str | None) -> dict[str, dict[str, list[tupl
     return out
 
 
-def plot(path: str, cache: str | None) -> str:
+def variants(path: str) -> list[tuple[str | None, int | None]]:
+    """The (dtype, inputs) pairs of a GPU results file ([(None, None)] for CPU results)."""
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    pairs = sorted({(r["dtype"], r["inputs"]) for r in rows if "inputs" in r and "dtype" in r})
+    return pairs or [(None, None)]
+
+
+def plot(path: str, cache: str | None, dtype: str | None = None, inputs: int | None = None) -> str:
     with open(path) as f:
         result = json.load(f)
-    data = series(result["rows"], cache)
+    data = series(result["rows"], cache, dtype, inputs)
     peak = result.get("peak_gbps")
     modes = sorted(data)
     fig, axes = plt.subplots(2 if peak else 1, len(modes), figsize=(5 * len(modes), 8 if peak else 4.2),
@@ -63,9 +78,11 @@ def plot(path: str, cache: str | None) -> str:
             ax.grid(True, alpha=0.3)
     machine = result.get("machine_description", result.get("machine", ""))
     fig.suptitle(f"{result.get('machine', '')}: {machine}; torch {result.get('torch', '')}"
-                 + (f"; caches {cache}" if cache else ""), fontsize=9)
+                 + (f"; caches {cache}" if cache else "") + (f"; {dtype}" if dtype else "")
+                 + (f", {inputs} inputs" if inputs else ""), fontsize=9)
     fig.tight_layout()
-    out = os.path.splitext(path)[0] + (f"-{cache}" if cache else "") + ".png"
+    out = (os.path.splitext(path)[0] + (f"-{cache}" if cache else "") + (f"-{dtype}" if dtype else "")
+           + (f"-{inputs}in" if inputs else "") + ".png")
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -76,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("json", help="a results file written by run_ops_cpu.py (or the GPU suite)")
     parser.add_argument("--cache", default="warm", help="which cache state to draw when the JSON has several")
     args = parser.parse_args(argv)
-    print(f"wrote {plot(args.json, args.cache)}")
+    for dtype, inputs in variants(args.json):
+        print(f"wrote {plot(args.json, args.cache, dtype, inputs)}")
 
 
 if __name__ == "__main__":

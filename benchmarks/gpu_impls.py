@@ -1,0 +1,135 @@
+"""The implementations the GPU op benchmark compares, one function each, one signature:
+
+    impl(base, reward, ref, mode, seed, offset) -> tokens int64 [B]
+
+base, reward, ref: logits [B, V] on the GPU (ref None for two inputs); mode: "greedy",
+"sample" or "topk_topp" (impls.MODE_PARAMS); seed, offset: int64 [1] device tensors. Every
+sampler also computes the chosen token's guided log-probability and token reward (what tita_ext
+reports), so the work compared is the same, except `flashinfer`, which is given the combined
+row (its sampler reports nothing).
+
+Importing this module needs neither a GPU nor triton nor flashinfer: each is looked up when an
+implementation is first called, and a missing one raises (the runner records the error).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import torch
+
+import tita_ext
+from impls import ALPHA, MODE_PARAMS
+
+Impl = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], str, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _fused(backend: str) -> Impl:
+    def run(base, reward, ref, mode, seed, offset):
+        out = tita_ext.guided_sample(base, reward, ref, alpha=ALPHA, seed=seed, offset=offset, backend=backend,
+                                     check_status=False, **MODE_PARAMS[mode])
+        return out.tokens
+
+    run.__doc__ = f"tita_ext.guided_sample(backend={backend!r}): the fused op, one read of each row, no host sync."
+    return run
+
+
+tita_cuda = _fused("cuda")
+triton = _fused("triton")
+
+
+def _combined(base, reward, ref):
+    """(s, log p_reward, log p_ref): the guided scores a user would form from log_softmax."""
+    lb = torch.log_softmax(base.float(), dim=-1)
+    lr = torch.log_softmax(reward.float(), dim=-1)
+    lf = lb if ref is None else torch.log_softmax(ref.float(), dim=-1)
+    return lb + ALPHA * (lr - lf), lr, lf
+
+
+def eager(base, reward, ref, mode, seed, offset):
+    """The chain a user would write: log_softmax of each model, combine, temperature, top-k by
+    torch.topk, top-p by sort + softmax + cumsum (Hugging Face style), softmax, torch.multinomial,
+    then the chosen token's log-prob and reward."""
+    p = MODE_PARAMS[mode]
+    s, lr, lf = _combined(base, reward, ref)
+    if p["temperature"] == 0:
+        tokens = s.argmax(dim=-1, keepdim=True)
+        logprob = torch.log_softmax(s, dim=-1).gather(1, tokens)
+    else:
+        z = s / p["temperature"]
+        if p["top_k"] > 0:
+            kth = torch.topk(z, p["top_k"], dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        if p["top_p"] < 1:
+            sorted_z, order = torch.sort(z, dim=-1, descending=False)
+            cumulative = sorted_z.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative <= 1 - p["top_p"]
+            drop_sorted[:, -1:] = False  # always keep the most likely token
+            z = z.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+        probs = torch.softmax(z, dim=-1)
+        tokens = torch.multinomial(probs, 1)
+        logprob = probs.gather(1, tokens).log()
+    token_reward = (lr - lf).gather(1, tokens)
+    del logprob, token_reward  # computed because a user wanting them would; not returned
+    return tokens.squeeze(1)
+
+
+def _reference(base, reward, ref, seed, offset, temperature: float, top_k: int, top_p: float):
+    out = tita_ext.guided_sample(base, reward, ref, alpha=ALPHA, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 seed=seed, offset=offset, backend="reference", check_status=False)
+    return out.tokens
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_reference():
+    # dynamic=True: one graph per (mode, inputs, dtype) instead of one per shape (the grid has 144 points)
+    return torch.compile(_reference, dynamic=True)
+
+
+def compiled_reference(base, reward, ref, mode, seed, offset):
+    """torch.compile (inductor, dynamic shapes) of the pure-PyTorch reference (same tokens as tita).
+    The first call per (mode, inputs, dtype) compiles: warm it up before timing."""
+    return _compiled_reference()(base, reward, ref, seed, offset, **MODE_PARAMS[mode])
+
+
+@functools.lru_cache(maxsize=1)
+def flashinfer_sampling():
+    """flashinfer.sampling, or ImportError."""
+    import flashinfer.sampling  # noqa: F401  (optional; not a dependency)
+
+    return flashinfer.sampling
+
+
+def flashinfer(base, reward, ref, mode, seed, offset):
+    """Combine in PyTorch (log_softmax of each model), then FlashInfer's sampler on the combined
+    row: top_k_top_p_sampling_from_logits (topk_topp), sampling_from_logits (sample), argmax (greedy)."""
+    sampling = flashinfer_sampling()
+    p = MODE_PARAMS[mode]
+    s, lr, lf = _combined(base, reward, ref)
+    if p["temperature"] == 0:
+        tokens = s.argmax(dim=-1)
+    elif p["top_k"] > 0 or p["top_p"] < 1:
+        tokens = sampling.top_k_top_p_sampling_from_logits(s / p["temperature"], p["top_k"], p["top_p"])
+    elif hasattr(sampling, "sampling_from_logits"):
+        tokens = sampling.sampling_from_logits(s / p["temperature"])
+    else:
+        tokens = sampling.sampling_from_probs(torch.softmax(s / p["temperature"], dim=-1))
+    token_reward = (lr - lf).gather(1, tokens.long().reshape(-1, 1))
+    del token_reward
+    return tokens.long()
+
+
+IMPLS: dict[str, Impl] = {"tita_cuda": tita_cuda, "triton": triton, "eager": eager, "compile": compiled_reference,
+                          "flashinfer": flashinfer}
+
+
+def flashinfer_status() -> str:
+    """The installed FlashInfer version, or why it is not there."""
+    try:
+        import flashinfer as fi
+
+        flashinfer_sampling()
+        return getattr(fi, "__version__", "installed (version unknown)")
+    except Exception as exc:  # ImportError, or a wheel built for another torch/CUDA
+        return f"not installed: {type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -1,0 +1,294 @@
+"""Time the fused op on a GPU side by side with its baselines; write JSON and a PNG.
+
+    python benchmarks/run_ops_gpu.py              # full grid -> benchmarks/results/ops-<gpu>.json (+ .png)
+    python benchmarks/run_ops_gpu.py --quick      # the acceptance points, few reps (JSON to a temp dir)
+    python benchmarks/run_ops_gpu.py --dry-run    # print the grid; needs no GPU
+
+Grid: B in {1, 8, 64, 256} x V in {32064, 128256, 151936} x {bf16, fp32} x {greedy, sample,
+topk_topp (T 0.7, k 50, p 0.9)} x {two inputs, three inputs}; implementations (gpu_impls.py):
+tita_cuda, triton, eager, compile, flashinfer (when importable; otherwise the JSON says why).
+
+Timing: per call, the L2 cache is flushed first (a buffer twice its size is written), then CUDA
+events bracket the call; the figure is the median over reps, with every implementation of a
+point interleaved round by round. gbps = bytes of logits read (every input, once) / median time;
+peak_gbps is the device's memory bandwidth from its name (H100 SXM 3350, H200 4800, ...), next
+to a measured device-to-device copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `gpu_impls`, `impls`, `plot_ops` beside this file
+
+from impls import ALPHA, MODE_PARAMS  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+BATCHES = (1, 8, 64, 256)
+VOCABS = (32064, 128256, 151936)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MODES = ("greedy", "sample", "topk_topp")
+INPUTS = (2, 3)
+IMPL_NAMES = ("tita_cuda", "triton", "eager", "compile", "flashinfer")
+QUICK_POINTS = ((1, 32064), (64, 151936))  # the acceptance points: <= 10 us, >= 70% of peak (topk_topp)
+
+# Memory bandwidth in GB/s by device name (vendor figures), most specific first.
+PEAK_GBPS = (
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIE", 2000.0),
+    ("H100", 3350.0),  # SXM5, "NVIDIA H100 80GB HBM3"
+    ("GH200", 4000.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIE", 1935.0),
+    ("A100", 1555.0),
+    ("L40S", 864.0),
+    ("L4", 300.0),
+)
+
+
+def peak_gbps(name: str) -> float | None:
+    """The vendor memory bandwidth of a device by its name, or None when unknown."""
+    upper = name.upper()
+    for key, value in PEAK_GBPS:
+        if key in upper:
+            return value
+    return None
+
+
+def gpu_slug(name: str) -> str:
+    """A file-name-safe device name: 'NVIDIA H100 80GB HBM3' -> 'gpu-nvidia-h100-80gb-hbm3'."""
+    return "gpu-" + ("-".join(re.findall(r"[a-z0-9]+", name.lower()))[:40] or "unknown")
+
+
+def grid(quick: bool) -> list[dict]:
+    """The measured points: dicts of batch, vocab, dtype, mode, inputs."""
+    if quick:
+        shapes, dtypes, inputs = QUICK_POINTS, ("bf16",), (2,)
+    else:
+        shapes, dtypes, inputs = tuple((b, v) for b in BATCHES for v in VOCABS), tuple(DTYPES), INPUTS
+    return [dict(batch=b, vocab=v, dtype=d, mode=m, inputs=n)
+            for (b, v) in shapes for d in dtypes for n in inputs for m in MODES]
+
+
+def logits_bytes(point: dict) -> int:
+    return point["batch"] * point["vocab"] * point["inputs"] * torch.empty((), dtype=DTYPES[point["dtype"]]).element_size()
+
+
+def make_row(impl: str, point: dict, samples_us: list[float] | None, error: str | None = None,
+             peak: float | None = None) -> dict:
+    """One JSON row: the point, and median_us / gbps (and fraction of peak), or the error."""
+    row = dict(impl=impl, **point)
+    if error is not None or not samples_us:
+        row["error"] = error or "no samples"
+        return row
+    median = statistics.median(samples_us)
+    row.update(median_us=round(median, 2), reps=len(samples_us),
+               gbps=round(logits_bytes(point) / (median * 1e-6) / 1e9, 1))
+    if peak:
+        row["frac_peak"] = round(row["gbps"] / peak, 3)
+    return row
+
+
+def make_inputs(point: dict, device: str = "cuda"):
+    """(base, reward, ref or None) [B, V]: an LLM-like spread (randn * 2 plus strong peaks), the
+    reward and reference models roughly agreeing with the base; seeded from the point."""
+    b, v, dtype = point["batch"], point["vocab"], DTYPES[point["dtype"]]
+    gen = torch.Generator(device=device).manual_seed(b * 1_000_003 + v)
+    base = torch.randn(b, v, generator=gen, device=device) * 2.0
+    peaks = torch.randint(0, v, (b, 8), generator=gen, device=device)
+    base.scatter_add_(1, peaks, 8.0 + 4.0 * torch.rand(b, 8, generator=gen, device=device))
+    reward = 0.8 * base + 1.2 * torch.randn(b, v, generator=gen, device=device)
+    ref = 0.9 * base + 1.0 * torch.randn(b, v, generator=gen, device=device) if point["inputs"] == 3 else None
+    return base.to(dtype), reward.to(dtype), (ref.to(dtype) if ref is not None else None)
+
+
+class Timer:
+    """CUDA-event timing of single calls, each after an L2 flush (writing 2x the L2 size)."""
+
+    def __init__(self):
+        l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 64 * 2**20
+        self.flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn, *args) -> float:
+        self.flush.zero_()
+        self.start.record()
+        fn(*args)
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) * 1e3  # us
+
+
+def measure_copy_gbps(nbytes: int = 2**30, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth (read + write bytes / time), median of reps."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    del src, dst
+    return round(2 * nbytes / statistics.median(times) / 1e9, 1)
+
+
+def time_point(point: dict, impls: dict, timer: Timer, reps: int, peak: float | None) -> list[dict]:
+    base, reward, ref = make_inputs(point)
+    seed = torch.tensor([1234], dtype=torch.int64, device="cuda")
+    offset = torch.tensor([0], dtype=torch.int64, device="cuda")
+    args = (base, reward, ref, point["mode"], seed, offset)
+    live, errors = [], {}
+    for name, fn in impls.items():
+        try:
+            for _ in range(2):  # warm-up: compilation, autotuning, allocator
+                fn(*args)
+            torch.cuda.synchronize()
+            live.append(name)
+        except Exception as exc:  # recorded per implementation (e.g. FlashInfer missing, OOM)
+            errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            torch.cuda.synchronize()
+    samples: dict[str, list[float]] = {n: [] for n in live}
+    for r in range(reps):
+        for name in live[r % max(len(live), 1):] + live[:r % max(len(live), 1)]:  # rotate who goes first
+            samples[name].append(timer(impls[name], *args))
+    rows = [make_row(n, point, samples[n], peak=peak) for n in live]
+    rows += [make_row(n, point, None, error=e) for n, e in errors.items()]
+    return rows
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    try:
+        import triton as tr
+
+        triton_version = tr.__version__
+    except Exception as exc:
+        triton_version = f"not installed: {type(exc).__name__}"
+    from gpu_impls import flashinfer_status
+
+    return dict(torch=torch.__version__, cuda=torch.version.cuda, triton=triton_version,
+                flashinfer=flashinfer_status(), tita_ext=getattr(__import__("tita_ext"), "__version__", None),
+                python=platform.python_version())
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """The issue's acceptance checks (two inputs, topk_topp), as printable lines."""
+    by = {(r["impl"], r["batch"], r["vocab"], r["dtype"], r["mode"], r["inputs"]): r for r in rows if "median_us" in r}
+    lines = []
+    headline = by.get(("tita_cuda", 64, 151936, "bf16", "topk_topp", 2))
+    if headline and "frac_peak" in headline:
+        lines.append(f"B=64 x V=151936 bf16 topk_topp: {headline['frac_peak']:.0%} of peak (target >= 70%)")
+    small = by.get(("tita_cuda", 1, 32064, "bf16", "topk_topp", 2))
+    if small:
+        lines.append(f"B=1 x V=32064 bf16 topk_topp: {small['median_us']:.1f} us (target <= 10 us)")
+    worst = {}
+    for (impl, b, v, d, m, n), r in by.items():
+        mine = by.get(("tita_cuda", b, v, d, m, n))
+        if impl == "tita_cuda" or mine is None or m != "topk_topp" or n != 2:
+            continue
+        ratio = r["median_us"] / mine["median_us"]
+        worst[impl] = min(worst.get(impl, ratio), ratio)
+    for impl, ratio in sorted(worst.items()):
+        target = ">= 5x" if impl == "eager" else "> 1x"
+        lines.append(f"slowest {impl}/tita_cuda over the topk_topp two-input grid: {ratio:.2f}x (target {target})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="B=1 x V=32064 and B=64 x V=151936, bf16, two inputs")
+    parser.add_argument("--impls", default=",".join(IMPL_NAMES), help="comma-separated subset of " + ",".join(IMPL_NAMES))
+    parser.add_argument("--reps", type=int, help="timed calls per implementation and point (default 50; quick 15)")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/ops-<gpu>.json; a temp dir with --quick)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--dry-run", action="store_true", help="print the grid and exit (no GPU needed)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.impls.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(IMPL_NAMES))
+    if unknown:
+        parser.error(f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(IMPL_NAMES)}")
+    points = grid(args.quick)
+    reps = args.reps or (15 if args.quick else 50)
+    if args.dry_run:
+        print(f"{len(points)} points x {len(names)} implementations ({', '.join(names)}), {reps} reps each")
+        for p in points:
+            print(f"  B={p['batch']:<4} V={p['vocab']:<7} {p['dtype']:<5} {p['mode']:<10} inputs={p['inputs']}")
+        return 0
+    if not torch.cuda.is_available():
+        print("run_ops_gpu.py needs a CUDA device (use --dry-run to see the grid)", file=sys.stderr)
+        return 2
+
+    from gpu_impls import IMPLS
+
+    impls = {n: IMPLS[n] for n in names}
+    device_name = torch.cuda.get_device_name(0)
+    slug = gpu_slug(device_name)
+    default_dir = tempfile.gettempdir() if args.quick else RESULTS_DIR
+    out_path = args.out or os.path.join(default_dir, f"ops-{slug}{'-quick' if args.quick else ''}.json")
+    peak = peak_gbps(device_name)
+    copy_gbps = measure_copy_gbps()
+    versions = _versions()
+    print(f"{device_name}: peak {peak} GB/s (vendor), device copy {copy_gbps} GB/s; {versions}")
+    timer = Timer()
+    rows = []
+    for i, point in enumerate(points):
+        point_rows = time_point(point, impls, timer, reps, peak)
+        rows += point_rows
+        cells = "  ".join(f"{r['impl']} {r['median_us']:.1f}us" if "median_us" in r else f"{r['impl']} -"
+                          for r in point_rows)
+        print(f"[{i + 1}/{len(points)}] B={point['batch']} V={point['vocab']} {point['dtype']} {point['mode']} "
+              f"inputs={point['inputs']}: {cells}", flush=True)
+        torch.cuda.empty_cache()
+    lines = summary(rows)
+    print("\n".join(lines))
+    result = dict(
+        machine=slug, machine_description=device_name, device=device_name, peak_gbps=peak,
+        peak_source="vendor figure by device name" if peak else "unknown device: see measured_copy_gbps",
+        measured_copy_gbps=copy_gbps, l2_flush_bytes=timer.flush.numel(), **versions, git_commit=_git_commit(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), quick=args.quick,
+        reps=reps, alpha=ALPHA, modes=MODE_PARAMS, timing="CUDA events per call after an L2 flush; median over reps",
+        summary=lines, rows=rows)
+    if result["peak_gbps"] is None:
+        result["peak_gbps"] = copy_gbps  # the plot's fraction-of-peak axis needs a figure
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out_path}")
+    if not args.no_plot:
+        try:
+            import plot_ops
+
+            for dtype, inputs in plot_ops.variants(out_path):
+                print(f"wrote {plot_ops.plot(out_path, None, dtype, inputs)}")
+        except ImportError as exc:
+            print(f"no plot ({exc}); run benchmarks/plot_ops.py {out_path} where matplotlib is installed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
