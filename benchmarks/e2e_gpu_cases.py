@@ -1,0 +1,187 @@
+"""Model pairs and timed decode paths of run_e2e_gpu.py (graphed vs eager guided decoding).
+
+Pairs (random weights: timing does not depend on weight values; every path decodes exactly
+`new_tokens` tokens per row, EOS ignored):
+
+- "llava-7b-tinyllava-1.1b": a LLaVA-1.5-7B-shaped base (Llama-2-7B text: hidden 4096, 32 layers,
+  32 heads, intermediate 11008, vocabulary 32064; CLIP ViT-L/14 at 336 px: 576 image tokens) and a
+  TinyLLaVA-1.1B-shaped reward (TinyLlama text: hidden 2048, 22 layers, 32 heads, 4 KV heads,
+  intermediate 5632; the same vision tower). bfloat16, CUDA.
+- "small-0.5b-0.1b": a ~0.5B LLaVA-style base (Llama 1024 x 24 layers, ViT-B/14 at 336 px) and a
+  ~0.1B reward (Llama 512 x 8 layers, ViT-S/14). bfloat16, CUDA.
+- "tiny": the tests' tiny LLaVA pair (e2e_cases.tiny_pair), float32 on the CPU.
+
+Paths (each a function (pair, inputs, new_tokens, mode, seed) -> Run):
+
+- hf_generate_base: `base.generate(**inputs, min_new_tokens=max_new_tokens=N)`: what users run today
+  (dynamic cache, eager).
+- base_graphed / reward_graphed: one model alone on tita_ext's engine (GuidedGenerator(model,
+  None)): static cache, the decode step captured as a CUDA graph (eager on the CPU).
+- guided_eager: `guided_generate(..., use_cuda_graph=False)`: the eager loop on dynamic caches.
+- guided_graphed: GuidedGenerator(base, reward): static caches, one CUDA graph per step.
+- guided_graphed_overlap: the same with the reward forward on a second stream (CUDA only).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+
+import torch
+
+import e2e_cases as ec
+import tita_ext
+
+IMAGE, PATCH, VOCAB, IMAGE_ID = 336, 14, 32064, 32000
+TEXT_TOKENS = (24, 16)  # random text ids before and after the image
+SYNC_EVERY = 16
+
+CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
+PAIRS = {
+    "llava-7b-tinyllava-1.1b": dict(
+        base=dict(text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                            num_key_value_heads=32), vision=CLIP_L_336),
+        reward=dict(text=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                              num_key_value_heads=4), vision=CLIP_L_336)),
+    "small-0.5b-0.1b": dict(
+        base=dict(text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+                            num_key_value_heads=16),
+                  vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)),
+        reward=dict(text=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                              num_key_value_heads=8),
+                    vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6))),
+}
+GPU_PAIRS = tuple(PAIRS)
+PATHS = ("hf_generate_base", "base_graphed", "reward_graphed", "guided_eager", "guided_graphed",
+         "guided_graphed_overlap")
+CPU_PATHS = PATHS[:-1]  # no second stream on the CPU
+
+
+def llava(sizes: dict, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    """A LlavaForConditionalGeneration with random weights from `sizes` (text / vision dicts)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(image_size=IMAGE, patch_size=PATCH, projection_dim=768, **sizes["vision"])
+    text = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=0, tie_word_embeddings=False, **sizes["text"])
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id, gen.do_sample = 1, 2, 0, False
+    return model.eval()
+
+
+def gpu_pair(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> ec.Pair:
+    sizes = PAIRS[name]
+    base = llava(sizes["base"], device, dtype, seed=0)
+    reward = llava(sizes["reward"], device, dtype, seed=1)
+    image_tokens = (IMAGE // PATCH) ** 2
+    before, after = TEXT_TOKENS
+
+    def make_inputs(batch: int) -> dict:
+        g = torch.Generator().manual_seed(batch)
+        ids = torch.cat([torch.full((batch, 1), 1), torch.randint(3, 32000, (batch, before), generator=g),
+                         torch.full((batch, image_tokens), IMAGE_ID),
+                         torch.randint(3, 32000, (batch, after), generator=g)], dim=1)
+        mask = torch.ones_like(ids)
+        if batch > 1:  # left-pad every other row by 4 tokens, as a processor would for shorter prompts
+            mask[1::2, :4] = 0
+            ids[1::2, :4] = 0
+        pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)
+        return dict(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels.to(device, dtype))
+
+    describe = dict(base=ec._text_shape(base), reward=ec._text_shape(reward),
+                    base_vision=sizes["base"]["vision"], reward_vision=sizes["reward"]["vision"],
+                    prompt=f"BOS + {before} random ids + {image_tokens} image tokens + {after} random ids",
+                    image=f"{IMAGE}x{IMAGE}, {PATCH}-pixel patches")
+    return ec.Pair(name, base, reward, device, dtype, 0, 2, make_inputs, describe)
+
+
+def build_pair(name: str, device: torch.device) -> ec.Pair:
+    return ec.tiny_pair() if name == "tiny" else gpu_pair(name, device)
+
+
+@dataclass
+class Run:
+    """One call: call_s (whole call, prefill included), step_s (one decode step, or None when the
+    path cannot tell), tokens [B, N] (to check the length), graphed (a CUDA graph was replayed)."""
+
+    call_s: float
+    step_s: float | None
+    tokens: torch.Tensor
+    graphed: bool = False
+
+
+def _timed(device: torch.device, fn):
+    ec.sync(device)
+    start = time.perf_counter()
+    out = fn()
+    ec.sync(device)
+    return time.perf_counter() - start, out
+
+
+class Paths:
+    """The paths of one pair, with the generators they keep (built on first use, for the largest
+    batch and prompt, freed by close())."""
+
+    def __init__(self, pair: ec.Pair, max_batch: int, max_length: int):
+        self.pair, self.max_batch, self.max_length = pair, max_batch, max_length
+        self.generators: dict[str, tita_ext.GuidedGenerator] = {}
+
+    def generator(self, path: str) -> tita_ext.GuidedGenerator:
+        if path not in self.generators:
+            self.close(keep=())  # one generator at a time: their caches are the largest allocations
+            pair, cuda = self.pair, self.pair.device.type == "cuda"
+            models = {"base_graphed": (pair.base, None), "reward_graphed": (pair.reward, None),
+                      "guided_graphed": (pair.base, pair.reward), "guided_graphed_overlap": (pair.base, pair.reward)}
+            base, reward = models[path]
+            self.generators[path] = tita_ext.GuidedGenerator(
+                base, reward, max_batch_size=self.max_batch, max_length=self.max_length, use_cuda_graph=cuda,
+                sync_every=SYNC_EVERY, overlap=path.endswith("overlap"))
+        return self.generators[path]
+
+    def close(self, keep=()) -> None:
+        for path in [p for p in self.generators if p not in keep]:
+            del self.generators[path]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def run(self, path: str, inputs: dict, new_tokens: int, mode: str, seed: int) -> Run:
+        pair = self.pair
+        sampling = ec.MODES[mode]
+        if path == "hf_generate_base":
+            def call(n):
+                torch.manual_seed(seed)
+                with torch.inference_mode():
+                    return pair.base.generate(**inputs, max_new_tokens=n, min_new_tokens=n,
+                                              eos_token_id=pair.eos_token_id, pad_token_id=pair.pad_token_id,
+                                              **sampling)
+            call_s, out = _timed(pair.device, lambda: call(new_tokens))
+            return Run(call_s, None, out[:, inputs["input_ids"].shape[1]:])
+        kwargs = dict(alpha=ec.ALPHA, max_new_tokens=new_tokens, eos_token_id=[ec.NEVER_ID],
+                      pad_token_id=pair.pad_token_id, seed=seed, **sampling)
+        if path == "guided_eager":
+            call_s, out = _timed(pair.device, lambda: tita_ext.guided_generate(
+                pair.base, pair.reward, inputs, use_cuda_graph=False, **kwargs))
+            graphed = False
+        else:
+            gen = self.generator(path)
+            call_s, out = _timed(pair.device, lambda: gen.generate(inputs, **kwargs))
+            graphed = gen.use_cuda_graph
+        steps = out.timings.steps
+        step_s = out.timings.decode_s / (steps - 1) if steps > 1 else None  # the first token comes from the prefill
+        return Run(call_s, step_s, out.new_tokens, graphed)
+
+    def hf_first_token_s(self, inputs: dict) -> float:
+        """generate with max_new_tokens=1: prefill + one sample, to split generate's step time."""
+        pair = self.pair
+        with torch.inference_mode():
+            call_s, _ = _timed(pair.device, lambda: pair.base.generate(
+                **inputs, max_new_tokens=1, min_new_tokens=1, eos_token_id=pair.eos_token_id,
+                pad_token_id=pair.pad_token_id, do_sample=False))
+        return call_s
