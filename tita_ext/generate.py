@@ -227,6 +227,8 @@ def prepare_call(models: Mapping[str, torch.nn.Module], inputs: Mapping[str, obj
     given_inputs = {"base": inputs, "reward": reward_inputs, "ref": ref_inputs}
     if "ref" not in models and ref_inputs is not None:
         raise ValueError("ref_inputs was given without ref_model")
+    if "reward" not in models and reward_inputs is not None:
+        raise ValueError("reward_inputs was given without a reward model")
     for role, model in models.items():
         check_model(role, model)
     device = check_same_device(models)
