@@ -157,3 +157,13 @@ def test_text_only_llama_pad_eos():
     gen = generator(p, use_cuda_graph=True)
     assert_same(gen.generate(inputs, **kwargs), generator(p, use_cuda_graph=False).generate(inputs, **kwargs),
                 atol=1e-5)
+
+
+def test_inputs_on_the_cpu_and_a_reference_model():
+    p = cuda_pair("llava")
+    inputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in p.inputs((0, 1)).items()}
+    gen = tita_ext.GuidedGenerator(p.base, p.reward, p.reward, max_batch_size=2, max_length=96, use_cuda_graph=True)
+    out = gen.generate(inputs, max_new_tokens=NEW, alpha=0.7)
+    assert out.sequences.device.type == "cuda" and out.token_rewards.abs().max() == 0
+    eager = tita_ext.GuidedGenerator(p.base, p.reward, p.reward, max_batch_size=2, max_length=96, use_cuda_graph=False)
+    assert_same(out, eager.generate(inputs, max_new_tokens=NEW, alpha=0.7), atol=1e-5)

@@ -73,9 +73,10 @@ class GuidedGenerator:
         max_batch_size: rows per call at most (the largest bucket used is the smallest >= it).
         max_length: positions per row at most: prompt + max_new_tokens (per model's own prompt).
         buckets: batch sizes with a graph of their own; a batch runs in the smallest bucket that
-            holds it (the extra rows are padding). max_batch_size is added when above them all.
-        use_cuda_graph: None (capture when possible: CUDA and a capture-safe fused op backend),
-            True (require it: error when impossible), False (always decode eagerly).
+            holds it (the extra rows are padding). Buckets above the smallest one that holds
+            max_batch_size are dropped; max_batch_size itself is added when above them all.
+        use_cuda_graph: None (capture on CUDA; if a capture fails, warn and decode eagerly), True
+            (require graphs: an error when impossible), False (always decode eagerly).
         sync_every: steps between host reads of the all-finished flag (>= 1). Larger values remove
             per-step host syncs; the output is the same (extra steps after every row stopped are
             trimmed), at the cost of up to sync_every - 1 wasted steps at the end.
@@ -215,7 +216,7 @@ class GuidedGenerator:
         state, settings = self.state, call.settings
         device = self.device
         pad, max_new = settings.pad_token_id, settings.max_new_tokens
-        prompt = call.inputs["base"]["input_ids"].to(torch.int64)
+        prompt = call.inputs["base"]["input_ids"].to(device=device, dtype=torch.int64)  # inputs may be on the CPU
         params = self._param_rows(call, batch)
         per_row = state.load(batch, params, call.seed, settings.eos_token_ids)
         stops, streamer = call.stops, call.streamer
