@@ -352,3 +352,17 @@ def test_base_model_alone_is_its_greedy_generate():
     assert out.token_rewards.abs().max() == 0
     with pytest.raises(ValueError, match="ref_model was given without reward_model"):
         tita_ext.GuidedGenerator(p.base, None, p.reward, max_batch_size=1, max_length=8)
+
+
+def test_graph_safe_decode_advance_matches_the_reference():
+    from tita_ext import reference
+
+    g = torch.Generator().manual_seed(0)
+    for batch, slots in ((1, 0), (1, 12), (5, 3), (32, 40)):
+        sampled = torch.randint(-1, 50, (batch,), generator=g)
+        finished = torch.rand(batch, generator=g) < 0.3
+        stops = torch.cat([torch.randint(0, 50, (slots,), generator=g), torch.full((2,), -1)])  # -1: unused slots
+        want = reference.decode_advance(sampled, finished, stops, 7)
+        got = graphs.decode_advance_broadcast(sampled, finished, stops, 7)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)

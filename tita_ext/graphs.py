@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from . import reference
 from .adapters.static_cache import StaticRunner
 from .step_sampler import DEFAULTS
 
@@ -36,6 +37,17 @@ PARAM_BUFFERS = {"alpha": (torch.float32, 0.0), "temperature": (torch.float32, 0
                  "top_p": (torch.float32, 1.0), "min_p": (torch.float32, 0.0),
                  "plausibility": (torch.float32, 0.0)}
 WARMUP_STEPS = 2  # eager steps on a side stream before a capture (lazy initialisations), then undone
+
+
+def decode_advance_broadcast(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torch.Tensor,
+                             pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """reference.decode_advance with the stop-id test as a broadcast compare instead of
+    torch.isin, which on CUDA takes a sorting path (torch.unique: a host sync, fatal inside a
+    capture) once there are about 10 stop ids per row. Same results."""
+    record = sampled.masked_fill(finished, pad_id)
+    after = finished | (record < 0) | (record.unsqueeze(1) == stop_ids.unsqueeze(0)).any(dim=1)
+    feed = record.masked_fill(record < 0, pad_id).reshape(-1, 1)
+    return record, feed, after, after.all()
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,8 @@ class DecodeStep:
 
     def __init__(self, runners: Sequence[StaticRunner], sample, advance, history: int, stop_slots: int = 8):
         self.runners = list(runners)
-        self.sample_op, self.advance_op = sample, advance
+        self.sample_op = sample
+        self.advance_op = decode_advance_broadcast if advance is reference.decode_advance else advance
         self.max_batch = self.runners[0].max_batch
         device = self.device = self.runners[0].device
         rows, i64 = self.max_batch, torch.int64
