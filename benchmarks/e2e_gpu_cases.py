@@ -177,6 +177,14 @@ class Paths:
         step_s = out.timings.decode_s / (steps - 1) if steps > 1 else None  # the first token comes from the prefill
         return Run(call_s, step_s, out.new_tokens, graphed)
 
+    def capture_s(self, path: str, batch: int) -> float | None:
+        """Seconds the graph capture (warm-up included) of this path's bucket for `batch` took."""
+        gen = self.generators.get(path)
+        if gen is None or not gen.capture_s:
+            return None
+        bucket = gen.bucket_for(batch)
+        return sum(s for key, s in gen.capture_s.items() if key.rows == bucket)
+
     def hf_first_token_s(self, inputs: dict) -> float:
         """generate with max_new_tokens=1: prefill + one sample, to split generate's step time."""
         pair = self.pair

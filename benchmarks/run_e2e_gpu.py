@@ -72,6 +72,7 @@ def time_pair(name: str, device: torch.device, batches: list[int], new_tokens: i
             if tuple(warm.tokens.shape) != (batch, new_tokens):
                 raise RuntimeError(f"{name} B={batch} {path}: made {tuple(warm.tokens.shape)} new tokens, "
                                    f"expected {(batch, new_tokens)}")
+            capture_s = runner.capture_s(path, batch)
             runs = [runner.run(path, inputs[batch], new_tokens, mode, seed=r + 1) for r in range(reps)]
             call_s = _median([r.call_s for r in runs])
             step_s = _median([r.step_s for r in runs])
@@ -81,7 +82,8 @@ def time_pair(name: str, device: torch.device, batches: list[int], new_tokens: i
             row = dict(pair=name, batch=batch, path=path, tokens_per_s=round(batch * new_tokens / call_s, 2),
                        step_ms=round(step_s * 1e3, 4), s_per_query=round(call_s / batch, 5),
                        call_ms=round(call_s * 1e3, 3), graphed=runs[0].graphed, reps=reps,
-                       call_ms_all=[round(r.call_s * 1e3, 3) for r in runs])
+                       call_ms_all=[round(r.call_s * 1e3, 3) for r in runs],
+                       capture_s=None if capture_s is None else round(capture_s, 3))
             rows.append(row)
             emit(row, None, info)
         runner.close()

@@ -144,6 +144,7 @@ class GuidedGenerator:
                                         advance_impl(self.backend, self.device), history=max(max_length, 4))
         self.calls = 0
         self.last_bucket: int | None = None
+        self.capture_s: dict[GraphKey, float] = {}  # seconds each capture took (warm-up included)
 
     def __repr__(self) -> str:
         mode = ("cuda graphs" if self.use_cuda_graph else f"eager ({self.why_eager})") if self.static else \
@@ -231,13 +232,14 @@ class GuidedGenerator:
         logits = [runner.prefill(call.inputs[role], max_new) for role, runner in self.runners.items()]
         if any(r.positions is not p for r, p in zip(self.runners.values(), positions_before)):
             state.drop_graphs()  # a position buffer was (re)made: captured addresses are stale
-        # The first token comes from the prefill logits ([B, V]): eagerly, at the real batch size.
-        state.sample_and_advance(logits, batch, per_row, pad, vocab, key.active)
         _sync(device)
         prefill_s = time.perf_counter() - start
+        # Capture now if this key is new (its warm-up is undone): counted in neither timing.
+        replay = self._replay(key) if self.use_cuda_graph and max_new > 1 else None
 
         start = time.perf_counter()
-        replay = self._replay(key) if self.use_cuda_graph and max_new > 1 else None
+        # The first token comes from the prefill logits ([B, V]): eagerly, at the real batch size.
+        state.sample_and_advance(logits, batch, per_row, pad, vocab, key.active)
         stop_rows: set[int] = set()
         steps, since_read = 1, 0
         while True:
@@ -276,7 +278,13 @@ class GuidedGenerator:
         """The captured step's replay for `key`; None (decode eagerly from here on) when the
         capture fails and graphs were not required (use_cuda_graph=None), with a warning."""
         try:
-            return self.state.graph(key)
+            if key in self.state.graphs:
+                return self.state.graphs[key]
+            start = time.perf_counter()
+            replay = self.state.graph(key)
+            _sync(self.device)
+            self.capture_s[key] = time.perf_counter() - start
+            return replay
         except RuntimeError as err:
             if self.graphs_required:
                 raise
