@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         pair_device = torch.device("cpu") if name == "tiny" else device
         paths = [p for p in all_paths if pair_device.type == "cuda" or p in gc_.CPU_PATHS]
         time_pair(name, pair_device, batches, new_tokens, reps, args.mode, paths, deadline, emit)
+        gc.collect()  # the pair's models and caches go before the next pair is built
+        if cuda:
+            torch.cuda.empty_cache()
     write()
     for s in result["summary"]:
         print({k: v for k, v in s.items()})
