@@ -146,3 +146,13 @@ def test_emulated_strides_and_mixed_dtypes(layout):
         compare(base, reward, None, kwargs, seed=3, offset=1)
     ref = llm_logits(4, 5000, torch.bfloat16, seed=11)
     compare(big_b.half(), big_r.bfloat16(), ref, dict(temperature=0.8, top_k=40), seed=5, offset=2, sm_count=1)
+
+
+def test_noise_skipping_is_exact():
+    """The dense race skips the logs of noise words that cannot lift a score by `need`
+    (row_load.cuh reach_limit): never one whose Gumbel noise would reach it, for any need."""
+    lib = emu_ops.build()
+    for need in (-0.99, -0.5, 0.0, 0.3, 1.0, 2.0, 3.5, 5.0, 8.0, 12.0, 16.0, 16.6, 17.0, 30.0):
+        assert lib.emu_reach_violations(need) == 0, f"need {need}"
+    assert lib.emu_reach_passing(-2.0) == 2**23  # nothing skipped below need -1
+    assert lib.emu_reach_passing(8.0) < 2**23 // 1000  # and most words skipped when a key leads by 8

@@ -111,8 +111,37 @@ __device__ __forceinline__ T block_reduce(T v, Op op, ReduceSmem& smem) {
   return r;
 }
 
+// Exclusive prefix sum over the block in thread order; `total` gets the block's sum. Every thread
+// must call it. warp_totals: kWarps entries of shared memory.
+template <typename T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* warp_totals, T& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const T up = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+    if (lane >= o) incl += up;
+  }
+  T excl = __shfl_up_sync(0xFFFFFFFFu, incl, 1);
+  if (lane == 0) excl = T(0);
+  __syncthreads();  // a previous scan may still be reading warp_totals
+  if (lane == 31) warp_totals[warp] = incl;
+  __syncthreads();
+  T before = T(0);
+  total = T(0);
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) before += warp_totals[w];
+    total += warp_totals[w];
+  }
+  return before + excl;
+}
+
 struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct MinIntOp {
+  __device__ int operator()(int a, int b) const { return a < b ? a : b; }
 };
 struct SumIntOp {
   __device__ int operator()(int a, int b) const { return a + b; }

@@ -10,6 +10,8 @@
 // dozen passes: slow, but only for top-k > 256, flat rows with huge nuclei, ties beyond the slots).
 #pragma once
 
+#include <climits>
+
 #include "guided_common.cuh"
 #include "select.cuh"
 
@@ -72,6 +74,98 @@ __device__ __forceinline__ bool filter_and_choose(const KernelArgs& a, int64_t r
   return true;
 }
 
+// Up to kSortMax candidates are sorted (bitonic, in shared memory) instead of bisected: the
+// k-th largest is then an index, the top-p cut one prefix sum of the masses in sorted order.
+constexpr int kSortPer = 4;  // candidates per thread in the prefix sum
+constexpr int kSortMax = kSortPer * kThreads;
+
+// x comes before y: higher z, then lower id (the padding, -inf with the largest id, goes last).
+__device__ __forceinline__ bool sorts_before(const Cand& x, const Cand& y) {
+  return x.z > y.z || (x.z == y.z && x.id < y.id);
+}
+
+// Sort cands[0, n) by sorts_before (n <= kSortMax <= kRowCands); pads to a power of two.
+__device__ __forceinline__ void bitonic_sort(Cand* cands, int n) {
+  int size = 64;
+  while (size < n) size <<= 1;
+  for (int i = n + threadIdx.x; i < size; i += kThreads) cands[i] = Cand{TITA_NEG_INF, 0x7FFFFFFF};
+  __syncthreads();
+  for (int k = 2; k <= size; k <<= 1) {
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      for (int i = threadIdx.x; i < size; i += kThreads) {
+        const int partner = i ^ j;
+        if (partner <= i) continue;
+        const Cand x = cands[i], y = cands[partner];
+        const bool swap = (i & k) == 0 ? sorts_before(y, x) : sorts_before(x, y);
+        if (swap) {
+          cands[i] = y;
+          cands[partner] = x;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// filter_and_choose on n <= kSortMax candidates, sorted first. Same results (the cut's masses
+// are summed in sorted order, as the reference's cumsum, instead of per bisection step).
+__device__ __forceinline__ bool finish_sorted(const KernelArgs& a, int64_t row, const RowConfig& c, Cand* cands, int n,
+                                              float zmax, float T, double total_hint, ReduceSmem& red,
+                                              RowResult& res) {
+  __shared__ double warp_totals[kWarps];
+  bitonic_sort(cands, n);
+  float tau = TITA_NEG_INF;
+  if (c.top_k > 0 && n >= c.top_k) tau = cands[c.top_k - 1].z;
+  // This thread's kSortPer consecutive candidates and their masses exp(z - zmax) (allowed so far).
+  const int first = threadIdx.x * kSortPer;
+  double w[kSortPer];
+  double mine = 0.0;
+#pragma unroll
+  for (int q = 0; q < kSortPer; ++q) {
+    const int i = first + q;
+    w[q] = (i < n && cands[i].z >= tau) ? exp(static_cast<double>(__fsub_rn(cands[i].z, zmax))) : 0.0;
+    mine += w[q];
+  }
+  double total = 0.0;
+  double before = block_exclusive_scan(mine, warp_totals, total);
+  if (c.top_p < 1.0f) {
+    const double target = static_cast<double>(c.top_p) * (total_hint > 0.0 ? total_hint : total);
+    int cut_at = INT_MAX;  // first sorted position whose inclusive mass reaches the target
+#pragma unroll
+    for (int q = 0; q < kSortPer; ++q) {
+      before += w[q];
+      if (w[q] > 0.0 && before >= target && cut_at == INT_MAX) cut_at = first + q;
+    }
+    cut_at = block_reduce(cut_at, MinIntOp{}, red);
+    if (cut_at != INT_MAX) tau = fmaxf(tau, cands[cut_at].z);
+  }
+  if (c.log_min_p != TITA_NEG_INF) tau = fmaxf(tau, __fadd_rn(zmax, c.log_min_p));
+  if (T != TITA_NEG_INF && !(tau >= T)) return false;
+  res.tau = tau;
+  double kept = 0.0;
+#pragma unroll
+  for (int q = 0; q < kSortPer; ++q) {
+    const int i = first + q;
+    if (i < n && cands[i].z >= tau) kept += w[q];
+  }
+  res.log_norm = zmax + static_cast<float>(log(block_reduce(kept, SumDoubleOp{}, red)));
+  if (!a.choose) return true;
+  if (c.greedy) {
+    res.best = Best{cands[0].z, cands[0].z, cands[0].id};  // the first in order: max z, lowest id
+    return true;
+  }
+  const NoiseAddress addr = noise_address(a.noise, row);
+  Best best = best_none();
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const Cand x = cands[i];
+    if (x.z < tau) continue;
+    const Best e{__fadd_rn(x.z, gumbel_at(addr, x.id)), x.z, x.id};
+    if (beats(e, best)) best = e;
+  }
+  res.best = block_reduce(best, BestOp{}, red);
+  return true;
+}
+
 // The fast path's finish; false: the row needs the fallback.
 __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, const RowConfig& c, Cand* cands, int* prefix,
                             int* n_cands, ReduceSmem& red, RowResult& res) {
@@ -109,26 +203,13 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
   if (block_reduce(overflow, SumIntOp{}, red) > 0) return false;
 
   // Prefix sums of the slices' candidate counts (tiles of kThreads slices).
+  __shared__ int warp_totals[kWarps];
   int carry = 0;
   for (int64_t t0 = 0; t0 < a.slices; t0 += kThreads) {
     const int64_t i = t0 + threadIdx.x;
-    const int v = i < a.slices ? parts[i].n_cands : 0;
-    int incl = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int up = __shfl_up_sync(0xFFFFFFFFu, incl, o);
-      if ((threadIdx.x & 31) >= o) incl += up;
-    }
-    __shared__ int warp_sums[kWarps];
-    __syncthreads();
-    if ((threadIdx.x & 31) == 31) warp_sums[threadIdx.x >> 5] = incl;
-    __syncthreads();
-    int before = carry, tile = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      if (w < static_cast<int>(threadIdx.x >> 5)) before += warp_sums[w];
-      tile += warp_sums[w];
-    }
-    if (i < a.slices) prefix[i] = before + incl - v;
+    int tile = 0;
+    const int before = block_exclusive_scan(i < a.slices ? parts[i].n_cands : 0, warp_totals, tile);
+    if (i < a.slices) prefix[i] = carry + before;
     carry += tile;
   }
   if (threadIdx.x == 0) {
@@ -165,6 +246,7 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
   const int n = *n_cands;
   if (n > kRowCands) return false;
   const double total_hint = (c.top_k == 0 && T != TITA_NEG_INF) ? static_cast<double>(lz.s) : 0.0;
+  if (n <= kSortMax) return finish_sorted(a, row, c, cands, n, zmax, T, total_hint, red, res);
   return filter_and_choose(a, row, c, SmemSource{cands, n}, n, zmax, T, total_hint, red, res);
 }
 

@@ -9,8 +9,8 @@
 //     the best key so far (z + 16.7 >= best), and its logs only for words whose uniform is large
 //     enough (reach_limit): exact, the skipped noise cannot win;
 //   * sparse rows (top-k / top-p / min-p): the candidates, every finite z >= theta, where theta is
-//     the C-th largest of the 256 thread maxima (C = top_k, or kDefaultCands), so at least C ids
-//     of the slice pass (about 2C on average). When more than kSliceSlots pass, theta becomes the
+//     the C-th largest of the 256 thread maxima (C = top_k, or kDefaultCands; rounded down to 16
+//     key bits), so at least C ids of the slice pass (about 2C on average). When more than kSliceSlots pass, theta becomes the
 //     slice's exact C-th largest z; if ties still overflow, the row takes the finish's fallback.
 #pragma once
 
@@ -18,15 +18,17 @@
 
 namespace tita::cuda {
 
-// The C-th largest of one value per thread (C <= kThreads, at least C finite).
+// A threshold at or below the C-th largest of one value per thread (C <= kThreads, at least C
+// finite): the C-th largest rounded down to the upper 16 bits of its key (16 steps instead of 32;
+// at least C values pass it, a few more than exactly C).
 __device__ __forceinline__ float kth_of_thread_values(float v, int C) {
   uint32_t key = 0;
-  const uint32_t mine = okey(v);
-  for (int bit = 31; bit >= 0; --bit) {
+  const uint32_t mine = okey(v) >> 16;
+  for (int bit = 15; bit >= 0; --bit) {
     const uint32_t cand = key | (1u << bit);
     if (__syncthreads_count(mine >= cand) >= C) key = cand;
   }
-  return from_okey(key);
+  return from_okey(key << 16);
 }
 
 // The C-th largest finite value of the block's registers (at least C finite).

@@ -58,6 +58,9 @@ def build() -> ctypes.CDLL:
         os.replace(tmp, lib_path)
     lib = ctypes.CDLL(lib_path)
     lib.emu_guided.restype = ctypes.c_int
+    for name in ("emu_reach_violations", "emu_reach_passing"):
+        getattr(lib, name).restype = ctypes.c_int64
+        getattr(lib, name).argtypes = [ctypes.c_float]
     return lib
 
 

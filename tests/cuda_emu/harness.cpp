@@ -80,4 +80,25 @@ int emu_guided(int choose, int sm_count, const void* const* logits, const int* d
   return p.chunks;
 }
 
+// The race's noise skipping must be conservative: over every uniform the noise can take
+// (2^23 mantissas), count words that reach_limit would skip although their Gumbel noise reaches
+// `need`. Must be 0 for every need.
+int64_t emu_reach_violations(float need) {
+  const float limit = reach_limit(need);
+  int64_t bad = 0;
+  for (uint32_t m = 0; m < (1u << 23); ++m) {
+    const uint32_t bits = m << 9;
+    if (!may_reach(bits, limit) && gumbel_from_bits<float>(bits) >= need) ++bad;
+  }
+  return bad;
+}
+
+// How many of the 2^23 noise words reach_limit lets through (the cost of the skipping).
+int64_t emu_reach_passing(float need) {
+  const float limit = reach_limit(need);
+  int64_t pass = 0;
+  for (uint32_t m = 0; m < (1u << 23); ++m) pass += may_reach(m << 9, limit) ? 1 : 0;
+  return pass;
+}
+
 }  // extern "C"
