@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop starting new cases after this many seconds (default: no limit)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores available)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/e2e-<device>.json; temp with --quick)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out (same device), replacing those measured again: "
+                             "run the pairs in separate commands into one file")
     args = parser.parse_args(argv)
     new_tokens = args.new_tokens or (32 if args.quick else 256)
     reps = args.reps or (2 if args.quick else 3)
@@ -218,8 +221,21 @@ def main(argv: list[str] | None = None) -> int:
         op_backend={"cuda": _op_backend(device) if cuda else None, "cpu": _op_backend(torch.device("cpu"))},
         paths_doc=gc_.__doc__.strip(), method_doc=__doc__.strip(), pairs={}, rows=[], summary=[], skipped=[])
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    kept: list[dict] = []
+    if args.append and os.path.exists(out_path):
+        with open(out_path) as f:
+            old = json.load(f)
+        if old.get("device") != slug:
+            parser.error(f"--append: {out_path} holds results of {old.get('device')}, not {slug}")
+        kept = old.get("rows", [])
+        result["pairs"].update(old.get("pairs", {}))
+        result["appended_to"] = dict(date=old.get("date"), git_commit=old.get("git_commit"))
+
+    new_rows: list[dict] = []
 
     def write():
+        measured = {(r["pair"], r["batch"], r["path"]) for r in new_rows}
+        result["rows"] = [r for r in kept if (r["pair"], r["batch"], r["path"]) not in measured] + new_rows
         result["summary"] = summarize(result["rows"])
         with open(out_path, "w") as f:
             json.dump(result, f, indent=1)
@@ -228,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if info is not None:
             result["pairs"][(row or skipped)["pair"]] = info
         if row is not None:
-            result["rows"].append(row)
+            new_rows.append(row)
             print(f"{row['pair']:<26}{row['batch']:>4}  {row['path']:<24}{row['tokens_per_s']:>12,.1f}"
                   f"{row['step_ms']:>11.3f}{row['s_per_query']:>11.4f}  {'graph' if row['graphed'] else 'eager'}",
                   flush=True)
