@@ -40,9 +40,9 @@ def without_timings(stdout: str) -> str:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, str]:
-    """The demo's models saved by `tita-ext demo --save-demo-models`, and a red image written by PIL."""
+    """The demo's models saved by `tita-ext decode-demo --save-demo-models`, and a red image written by PIL."""
     root = tmp_path_factory.mktemp("demo-models")
-    assert main(["demo", "--save-demo-models", str(root), "--max-new-tokens", "1"]) == 0
+    assert main(["decode-demo", "--save-demo-models", str(root), "--max-new-tokens", "1"]) == 0
     tiny.demo_image("red").save(root / "red.png")
     return {"base": str(root / "base"), "reward": str(root / "reward"), "image": str(root / "red.png")}
 
@@ -52,9 +52,20 @@ def generate_args(folders: dict[str, str], *extra: str, reward: str | None = Non
             folders["image"], "--prompt", DEMO_PROMPT, *extra]
 
 
-def test_no_arguments_runs_the_demo_with_guided_tokens(capsys):
-    """`tita-ext` alone is the demo: its streamed text and reward table are guided_generate's output."""
+def test_no_arguments_runs_the_demo_story(monkeypatch):
+    """`tita-ext` alone is `tita-ext demo` with its defaults (the story itself: tests/test_demo.py)."""
+    from tita_ext.demo import cli_demo
+
+    seen = []
+    monkeypatch.setattr(cli_demo, "run", lambda args: seen.append(args) or 0)
     assert main([]) == 0
+    (args,) = seen
+    assert args.command == "demo" and not args.quick and args.out == "tita-demo" and args.results is None
+
+
+def test_decode_demo_prints_guided_tokens(capsys):
+    """The decode demo's streamed text and reward table are guided_generate's output."""
+    assert main(["decode-demo"]) == 0
     stdout = capsys.readouterr().out
     ids, rewards, finish, count = reward_table(stdout)
 
@@ -72,7 +83,7 @@ def test_no_arguments_runs_the_demo_with_guided_tokens(capsys):
 
 def test_generate_on_saved_folders_matches_the_demo(folders, capsys):
     """Saved, reloaded from folders, with the image read from a file: the same tokens as the demo."""
-    assert main(["demo", "--max-new-tokens", "5"]) == 0
+    assert main(["decode-demo", "--max-new-tokens", "5"]) == 0
     demo_ids, *_ = reward_table(capsys.readouterr().out)
     assert main(generate_args(folders, "--max-new-tokens", "5", "--show-rewards")) == 0
     captured = capsys.readouterr()
@@ -153,8 +164,8 @@ def test_qwen2_vl_inputs_without_the_processor(tmp_path):
         build_inputs(pre, "<image> What is it?")
 
 
-def test_python_m_tita_ext_demo():
-    done = subprocess.run([sys.executable, "-m", "tita_ext", "demo", "--max-new-tokens", "3", "--color", "blue"],
+def test_python_m_tita_ext_decode_demo():
+    done = subprocess.run([sys.executable, "-m", "tita_ext", "decode-demo", "--max-new-tokens", "3", "--color", "blue"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     ids, _, _, count = reward_table(done.stdout)

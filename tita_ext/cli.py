@@ -1,7 +1,8 @@
 """The `tita-ext` command: guided decoding of local Hugging Face models, and a built-in demo.
 
     tita-ext generate --base DIR --reward DIR [--ref DIR] [--image FILE] --prompt TEXT [options]
-    tita-ext demo [--alpha A] [--color red] [--save-demo-models DIR] [options]
+    tita-ext demo [--out DIR] [--quick] [options]   (the built-in story: tita_ext/demo/cli_demo.py)
+    tita-ext decode-demo [--alpha A] [--color red] [--save-demo-models DIR] [options]
     tita-ext eval-pope --base DIR --reward DIR --data DIR [--alphas ...] (tita_ext/eval/cli_pope.py)
     tita-ext pairs --base DIR --data FILE.jsonl --out pairs.jsonl [options] (tita_ext/training/cli_train.py)
     tita-ext train-reward --init DIR --pairs pairs.jsonl --out DIR [options] (tita_ext/training/cli_train.py)
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .demo import cli_demo
 from .eval import cli_pope
 from .training import cli_train
 from .generate import GuidedOutput, guided_generate
@@ -39,7 +41,7 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------- arguments
 
 def _sampling_arguments() -> argparse.ArgumentParser:
-    """The decoding options `generate` and `demo` share."""
+    """The decoding options `generate` and `decode-demo` share."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("decoding", "unset options come from the base model's generation_config")
     group.add_argument("--alpha", type=float, default=0.6, metavar="A",
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="TITA guided decoding: a small reward model steers a base model token by token. "
                                "Without a command, runs the built-in demo.")
-    commands = parser.add_subparsers(dest="command", metavar="{generate,demo,eval-pope,pairs,train-reward}",
+    commands = parser.add_subparsers(dest="command", metavar="{demo,generate,decode-demo,eval-pope,pairs,train-reward}",
                                      required=True)
     sampling = _sampling_arguments()
 
@@ -78,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the models' dtype (default float32)")
     gen.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
 
-    demo = commands.add_parser("demo", parents=[sampling], help="run tiny built-in models (no download)",
-                               description="Guided decoding with a tiny LLaVA pair built in code.")
+    cli_demo.add_parser(commands)
+    demo = commands.add_parser("decode-demo", parents=[sampling],
+                               help="guided decoding with a random-weight tiny pair (seconds, no training)",
+                               description="Guided decoding with a tiny LLaVA pair built in code (random weights).")
     demo.add_argument("--prompt", default=DEMO_PROMPT, metavar="TEXT", help=f"default {DEMO_PROMPT!r}")
     demo.add_argument("--color", default="red", metavar="NAME",
                       help="colour of the demo image: red, green, blue, yellow, white or black")
@@ -227,12 +231,12 @@ def save_demo_models(folder: str, models: dict[str, torch.nn.Module], processor,
           f"--prompt 'What is in the picture?' --show-rewards\n")
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_decode_demo(args: argparse.Namespace) -> int:
     """The tiny built-in LLaVA pair: base-only text, guided text, then the reward table."""
     from .tiny_models import demo_image, tiny_llava, tiny_llava_processor, tiny_tokenizer
 
     image = demo_image(args.color)
-    print("tita-ext demo: TITA guided decoding, end to end, with tiny models built in code (no download).\n"
+    print("tita-ext decode-demo: TITA guided decoding, end to end, with tiny models built in code (no download).\n"
           "  base:   a tiny LLaVA (CLIP vision tower, 2-layer Llama, hidden 64, 512 logits)\n"
           "  reward: a smaller tiny LLaVA (1 layer, hidden 32, 448 logits: a narrower padded width)\n"
           f"  image:  a {args.color} 40x40 square; prompt: {args.prompt!r}\n"
@@ -275,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error argparse has printed
         return done.code if isinstance(done.code, int) else 2
     _quiet_transformers()
-    run = {"generate": run_generate, "demo": run_demo, "eval-pope": cli_pope.run,
+    run = {"generate": run_generate, "demo": cli_demo.run, "decode-demo": run_decode_demo, "eval-pope": cli_pope.run,
            "pairs": cli_train.run, "train-reward": cli_train.run}[args.command]
     try:
         return run(args)

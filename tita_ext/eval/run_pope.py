@@ -126,11 +126,14 @@ def _batches(items: Sequence[Question], size: int) -> Iterable[Sequence[Question
 # --------------------------------------------------------------------------- evaluation
 
 def answer_batch(base: torch.nn.Module, reward: torch.nn.Module, inputs: Mapping[str, torch.Tensor], alpha: float,
-                 tokenizer: Any, max_new_tokens: int, reward_inputs: Mapping[str, torch.Tensor] | None = None
-                 ) -> list[str]:
+                 tokenizer: Any, max_new_tokens: int, reward_inputs: Mapping[str, torch.Tensor] | None = None,
+                 ref_model: torch.nn.Module | None = None) -> list[str]:
     """Greedy TITA answers (alpha 0: the base model alone) for one left-padded batch, decoded
-    without special tokens: B strings."""
-    out = guided_generate(base, reward, inputs, reward_inputs=reward_inputs, alpha=alpha, do_sample=False,
+    without special tokens: B strings. A `ref_model` (of the reward model's family) reads the
+    reward model's inputs."""
+    ref_inputs = None if ref_model is None else reward_inputs
+    out = guided_generate(base, reward, inputs, reward_inputs=reward_inputs, ref_model=ref_model,
+                          ref_inputs=ref_inputs, alpha=alpha, do_sample=False,
                           max_new_tokens=max_new_tokens, tokenizer=tokenizer,
                           pad_token_id=_pad_id(tokenizer, base))
     decoder = text_tokenizer(tokenizer)
@@ -143,7 +146,8 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
                   image_folder: str | pathlib.Path, alphas: Sequence[float] = DEFAULT_ALPHAS, *,
                   batch_size: int = 8, max_new_tokens: int = 4, tokenizer: Any = None,
                   template: str = POPE_TEMPLATE, reward_processor: Any = None, unparsed: str = "no",
-                  keep_answers: bool = False, progress: bool = True, shard: Shard | None = None) -> dict[str, Any]:
+                  keep_answers: bool = False, progress: bool = True, shard: Shard | None = None,
+                  ref_model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Answer every split's questions with the base alone and TITA at each alpha; score them.
 
     Args:
@@ -167,6 +171,8 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
             its share of every split and the answers are gathered onto every rank before
             scoring: every rank must call this with the same questions and settings, and gets
             the same results.
+        ref_model: an explicit reference model (the reward model before DPO: TITA's emulated
+            fine-tuning form, s = log p_base + alpha (log p_reward - log p_ref)); None: p_ref = p_base.
 
     Returns:
         {"splits": {split: {"base": metrics, "alphas": {alpha: metrics}, "seconds": float,
@@ -210,7 +216,8 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
                                               for q, im in zip(chunk, images)], _pad_id(reward_pre.tokenizer, reward))
                 reward_inputs = {k: v.to(device) for k, v in reward_inputs.items()}
             for alpha in runs:
-                answers[alpha] += answer_batch(base, reward, inputs, alpha, tokenizer, max_new_tokens, reward_inputs)
+                answers[alpha] += answer_batch(base, reward, inputs, alpha, tokenizer, max_new_tokens, reward_inputs,
+                                              ref_model)
             bar.update(len(chunk))
         bar.close()
         if shard.distributed:  # every rank's answers, in the split's order, on every rank

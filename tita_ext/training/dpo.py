@@ -153,7 +153,8 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
                      images_root: str | os.PathLike | None = None, *, beta: float = 0.1, lr: float = 1e-5,
                      epochs: int = 1, batch_size: int = 4, max_steps: int | None = None, seed: int = 0,
                      ref_model=None, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-                     separator: str = " ", append_eos: bool = True, progress: bool = True) -> dict:
+                     rpo_alpha: float = 0.0, separator: str = " ", append_eos: bool = True,
+                     progress: bool = True) -> dict:
     """Train `model` (in place) with DPO on `pairs`; the reference is `ref_model` or, by default, a
     frozen deep copy of `model` as it starts.
 
@@ -162,6 +163,9 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
     (2 * batch_size rows per forward), `epochs` passes over the pairs or, when given, exactly
     `max_steps` steps (as in transformers' Trainer, max_steps overrides epochs). Dropout is off (the model stays
     in eval mode, as TRL's disable_dropout). Relative image paths are taken under images_root.
+    rpo_alpha > 0 adds rpo_alpha times the chosen responses' mean per-token negative log-likelihood
+    (RPO, Pang et al. 2024; TRL's `rpo_alpha`): it keeps DPO from lowering the chosen answers'
+    likelihood along with the rejected ones', the collapse small models show after many steps.
 
     Returns a dict: model (the trained model, in eval mode), losses, chosen_rewards,
     rejected_rewards, reward_accuracies (per step: batch means; accuracy = share of pairs whose
@@ -172,6 +176,8 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
     pairs = [_as_pair(p) for p in pairs]
     if not pairs:
         raise ValueError("no preference pairs to train on")
+    if rpo_alpha < 0:
+        raise ValueError(f"rpo_alpha must be >= 0, got {rpo_alpha}")
     total = total_steps(len(pairs), batch_size, epochs, max_steps)
     if ref_model is None:
         ref_model = copy.deepcopy(model)
@@ -195,6 +201,9 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
         with torch.no_grad():
             ref = response_logprobs(ref_model, batch)
         loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
+        if rpo_alpha:
+            tokens = (batch["labels"][:n, 1:] != IGNORE_INDEX).sum()
+            loss = loss - rpo_alpha * policy[:n].sum() / tokens
         optimizer_step(optimizer, params, loss, max_grad_norm)
         step += 1
         history["losses"].append(float(loss.detach()))
