@@ -366,3 +366,18 @@ def test_graph_safe_decode_advance_matches_the_reference():
         got = graphs.decode_advance_broadcast(sampled, finished, stops, 7)
         for a, b in zip(got, want):
             assert torch.equal(a, b)
+
+
+def test_models_of_two_families_with_their_own_prompt_lengths():
+    """A LLaVA base (16 image tokens per image) guided by a Qwen2-VL reward (4): each static cache
+    holds its own prompt length and advances its own write position."""
+    llava, qwen = pair("llava"), pair("qwen2_vl")
+    rows = (0, 1, 2)
+    inputs, reward_inputs = llava.inputs(rows), qwen.inputs(rows)
+    assert inputs["input_ids"].shape[1] != reward_inputs["input_ids"].shape[1]
+    kwargs = dict(reward_inputs=reward_inputs, max_new_tokens=NEW, do_sample=True, temperature=0.8, seed=[1, 2, 3])
+    gen = tita_ext.GuidedGenerator(llava.base, qwen.reward, max_batch_size=4, max_length=64, sync_every=2)
+    assert_same_output(gen.generate(inputs, **kwargs),
+                       tita_ext.guided_generate(llava.base, qwen.reward, inputs, **kwargs))
+    lengths = [runner.prompt_length for runner in gen.runners.values()]
+    assert lengths == [inputs["input_ids"].shape[1], reward_inputs["input_ids"].shape[1]]
