@@ -381,3 +381,44 @@ def test_models_of_two_families_with_their_own_prompt_lengths():
                        tita_ext.guided_generate(llava.base, qwen.reward, inputs, **kwargs))
     lengths = [runner.prompt_length for runner in gen.runners.values()]
     assert lengths == [inputs["input_ids"].shape[1], reward_inputs["input_ids"].shape[1]]
+
+
+class _NoHostReads:
+    """A dispatch mode that fails on the ops that read device values on the host (.item(),
+    bool(tensor), data-dependent shapes): none may run inside a step that CUDA graphs capture.
+    (Copies to the host cannot be seen on the CPU: the GPU test checks a replay for syncs.)"""
+
+    HOST_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.masked_select",
+                "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.equal")
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(getattr(func, "overloadpacket", func))
+                if name.startswith(cls.HOST_OPS):
+                    raise AssertionError(f"{name} reads a device value on the host inside the decode step")
+                return func(*args, **(kwargs or {}))
+
+        return Mode()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("backend", ["reference", "compiled"])
+def test_decode_step_reads_nothing_on_the_host(family, backend):
+    """The captured step's ops (both forwards on static caches, the fused op, the bookkeeping) on
+    the CPU, watched op by op: none needs the host, so the CUDA capture cannot stall or fail on one."""
+    if backend == "compiled" and not tita_ext.compiled_available("cpu"):
+        pytest.skip("compiled module not built")
+    p = pair(family)
+    gen = make(p, backend=backend)
+    out = gen.generate(p.inputs(), max_new_tokens=2, do_sample=True, top_k=5, top_p=0.9, min_p=0.01,
+                       plausibility=0.001, seed=[1, 2, 3])
+    assert out.new_tokens.shape == (3, 2)
+    key = graphs.GraphKey(rows=4, per_row_seed=True, pad_token_id=tiny.PAD_ID, vocab=-1, overlap=False)
+    with torch.inference_mode():
+        with _NoHostReads():
+            gen.state.step(key)
+        with pytest.raises(AssertionError, match="is_nonzero"), _NoHostReads():
+            bool(gen.state.done)  # the watcher does catch a host read
