@@ -422,3 +422,18 @@ def test_decode_step_reads_nothing_on_the_host(family, backend):
             gen.state.step(key)
         with pytest.raises(AssertionError, match="is_nonzero"), _NoHostReads():
             bool(gen.state.done)  # the watcher does catch a host read
+
+
+def test_environment_switch_turns_the_cached_generator_off(monkeypatch):
+    FakeCapture(monkeypatch)
+    tita_ext.clear_generator_cache()
+    p = pair("llama")
+    monkeypatch.setenv("TITA_EXT_CUDA_GRAPHS", "0")
+    tita_ext.guided_generate(p.base, p.reward, p.inputs((0,)), max_new_tokens=3)
+    assert "entry" not in gen_module._cache
+    monkeypatch.delenv("TITA_EXT_CUDA_GRAPHS")
+    try:
+        tita_ext.guided_generate(p.base, p.reward, p.inputs((0,)), max_new_tokens=3)
+        assert "entry" in gen_module._cache
+    finally:
+        tita_ext.clear_generator_cache()

@@ -19,6 +19,7 @@ makes the generator decode on dynamic caches with `guided_generate`'s loop inste
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import Mapping, Sequence
@@ -327,11 +328,14 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
                      use_cuda_graph: bool | None) -> GuidedGenerator | None:
     """The GuidedGenerator guided_generate decodes `call` with, or None for its eager loop.
 
-    None (auto): a generator when the decode step can be captured (CUDA, a capture-safe fused
-    op, static-cache models), else None. True: a generator or a ValueError saying why not.
+    None (auto): a generator when the decode step can be captured (models on CUDA that support
+    static caches), else None; the environment variable TITA_EXT_CUDA_GRAPHS=0 turns auto off.
+    True: a generator, or a ValueError saying why not.
     One generator is kept (for the latest models): it is reused while the models, backend and
     sizes fit, and replaced (larger batch / length) otherwise. clear_generator_cache() drops it.
     """
+    if use_cuda_graph is None and os.environ.get("TITA_EXT_CUDA_GRAPHS") == "0":
+        return None  # the switch that keeps guided_generate on its eager loop everywhere
     resolved = _resolve_backend(backend, call.device)
     possible, why = graphs_possible(call.device)
     if possible:
