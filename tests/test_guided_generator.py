@@ -437,3 +437,17 @@ def test_environment_switch_turns_the_cached_generator_off(monkeypatch):
         assert "entry" in gen_module._cache
     finally:
         tita_ext.clear_generator_cache()
+
+
+def test_model_split_over_devices_is_not_given_a_static_cache():
+    from tita_ext.adapters import StaticCacheUnsupported, check_static_cache_support
+
+    p = pair("llama")
+    check_static_cache_support(p.base)
+    p.base.hf_device_map = {"model.layers.0": 0, "model.layers.1": 1}
+    try:
+        with pytest.raises(StaticCacheUnsupported, match="several devices"):
+            check_static_cache_support(p.base)
+        assert not make(p).static
+    finally:
+        del p.base.hf_device_map

@@ -59,6 +59,10 @@ def check_static_cache_support(model: torch.nn.Module) -> None:
         raise StaticCacheUnsupported(f"transformers has no StaticCache ({err})") from None
     if not getattr(model, "_can_compile_fullgraph", False):
         raise StaticCacheUnsupported(f"{type(model).__name__} does not declare static-cache (compile) support")
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len({str(d) for d in device_map.values()}) > 1:
+        raise StaticCacheUnsupported(f"{type(model).__name__} is split over several devices (device_map); the static "
+                                     "cache lives on one")
     if "past_key_values" not in _forward_parameters(type(model)):
         raise StaticCacheUnsupported(f"{type(model).__name__}.forward takes no past_key_values")
     cache = StaticCache(config=model.config, max_cache_len=1)
