@@ -8,7 +8,7 @@ Pairs (random weights: timing does not depend on weight values; every path decod
   TinyLLaVA-1.1B-shaped reward (TinyLlama text: hidden 2048, 22 layers, 32 heads, 4 KV heads,
   intermediate 5632; the same vision tower). bfloat16, CUDA.
 - "small-0.5b-0.1b": a ~0.5B LLaVA-style base (Llama 1024 x 24 layers, ViT-B/14 at 336 px) and a
-  ~0.1B reward (Llama 512 x 8 layers, ViT-S/14). bfloat16, CUDA.
+  ~0.1B reward (Llama 640 x 10 layers, ViT-S/14). bfloat16, CUDA.
 - "tiny": the tests' tiny LLaVA pair (e2e_cases.tiny_pair), float32 on the CPU.
 
 Paths (each a function (pair, inputs, new_tokens, mode, seed) -> Run):
@@ -48,8 +48,8 @@ PAIRS = {
         base=dict(text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
                             num_key_value_heads=16),
                   vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)),
-        reward=dict(text=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                              num_key_value_heads=8),
+        reward=dict(text=dict(hidden_size=640, intermediate_size=1728, num_hidden_layers=10, num_attention_heads=10,
+                              num_key_value_heads=10),
                     vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6))),
 }
 GPU_PAIRS = tuple(PAIRS)
