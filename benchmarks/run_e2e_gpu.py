@@ -126,6 +126,33 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def markdown_table(result: dict) -> str:
+    """The README table: per (pair, B) tokens/s of each path, the guided step against the two
+    models' graphed steps, the graph speedup, and guidance's cost in seconds per query."""
+    by = {(r["pair"], r["batch"], r["path"]): r for r in result["rows"]}
+    summary = {(s["pair"], s["batch"]): s for s in result["summary"]}
+    head = ("| pair | B | `generate` tok/s | base graphed | guided eager | guided graphed | graphed / `generate` | "
+            "guided step ms | base + reward steps ms | ratio | graphed vs eager | s/query guided | "
+            "guidance s/query |")
+    lines = [head, "|" + "---|" * 2 + "---:|" * (head.count("|") - 3)]
+    cell = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    for (pair, batch), s in sorted(summary.items()):
+        get = lambda path, key: by.get((pair, batch, path), {}).get(key)  # noqa: E731
+        b_step, r_step = get("base_graphed", "step_ms"), get("reward_graphed", "step_ms")
+        lines.append("| " + " | ".join([
+            pair, str(batch), cell(get("hf_generate_base", "tokens_per_s"), ",.0f"),
+            cell(get("base_graphed", "tokens_per_s"), ",.0f"), cell(get("guided_eager", "tokens_per_s"), ",.0f"),
+            cell(get("guided_graphed", "tokens_per_s"), ",.0f"),
+            cell(s.get("guided_graphed_over_hf_generate_tokens_per_s"), ".2f") + "x",
+            cell(get("guided_graphed", "step_ms"), ".2f"),
+            cell(b_step + r_step if b_step and r_step else None, ".2f"),
+            cell(s.get("guided_step_over_base_plus_reward_steps"), ".3f"),
+            cell(s.get("graphed_speedup_guided_step"), ".2f") + "x",
+            cell(get("guided_graphed", "s_per_query"), ".3f"),
+            cell(s.get("guidance_s_per_query_vs_base_graphed"), "+.3f")]) + " |")
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: str) -> str | None:
     """Grouped bars of tokens/s (log scale) per pair: one group per batch, one bar per path."""
     try:
@@ -179,10 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop starting new cases after this many seconds (default: no limit)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores available)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/e2e-<device>.json; temp with --quick)")
+    parser.add_argument("--table", metavar="JSON", help="print the README table of a results file and exit")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --out (same device), replacing those measured again: "
                              "run the pairs in separate commands into one file")
     args = parser.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(markdown_table(json.load(f)))
+        return 0
     new_tokens = args.new_tokens or (32 if args.quick else 256)
     reps = args.reps or (2 if args.quick else 3)
     if new_tokens < 2 or reps < 1:
@@ -264,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
     write()
-    for s in result["summary"]:
-        print({k: v for k, v in s.items()})
+    print()
+    print(markdown_table(result))
     png = plot(result, os.path.splitext(out_path)[0] + ".png")
     if png:
         result["plot"] = os.path.basename(png)

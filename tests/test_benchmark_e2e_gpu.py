@@ -37,6 +37,12 @@ def test_run_e2e_gpu_quick_on_cpu_writes_results(tmp_path):
         assert key in summary, key
     if result.get("plot"):
         assert (tmp_path / result["plot"]).stat().st_size > 0
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_e2e_gpu.py"), "--table", str(out)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].startswith("| pair | B |") and len(lines) == 2 + 2  # header, rule, B=1, B=2
+    assert lines[2].startswith("| tiny | 1 |")
 
 
 def test_run_e2e_gpu_budget_and_bad_arguments(tmp_path):
