@@ -166,9 +166,10 @@ def guided_generate(
         backend: the fused op's backend (None: the compiled kernel when built, else reference).
         use_cuda_graph: None (default): decode through a cached `GuidedGenerator` (static KV caches,
             one CUDA graph per batch bucket, reused by later calls with the same models) when the
-            models are on CUDA, the fused op is capture-safe and the models support static caches;
-            otherwise this eager loop on dynamic caches. True: require the graphed generator (an
-            error says why it cannot be used). False: always this eager loop.
+            models are on CUDA and support static caches (a capture that fails falls back to eager
+            decoding with a warning; the environment variable TITA_EXT_CUDA_GRAPHS=0 turns this
+            off); otherwise this eager loop on dynamic caches. True: require the graphed generator
+            (an error says why it cannot be used). False: always this eager loop.
 
     Returns:
         GuidedOutput (sequences, new_tokens, logprobs, token_rewards, lengths, finish_reason, timings).
