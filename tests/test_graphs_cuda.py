@@ -35,7 +35,8 @@ def cuda_pair(family: str, dtype: torch.dtype = torch.float32) -> Pair:
     reward = copy.deepcopy(p.reward).to("cuda", dtype)
 
     def make_inputs(prompts, colors):
-        return {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in p.make_inputs(prompts, colors).items()}
+        made = p.make_inputs(prompts, colors)
+        return {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in made.items()}
 
     return Pair(family, base, reward, make_inputs)
 

@@ -150,8 +150,8 @@ class GuidedGenerator:
     def __repr__(self) -> str:
         mode = ("cuda graphs" if self.use_cuda_graph else f"eager ({self.why_eager})") if self.static else \
             f"dynamic caches ({self.fallback_reason})"
-        return (f"GuidedGenerator(models={list(self.models)}, device={self.device}, max_batch_size={self.max_batch_size}, "
-                f"max_length={self.max_length}, buckets={self.buckets}, sync_every={self.sync_every}, "
+        return (f"GuidedGenerator(models={list(self.models)}, device={self.device}, "
+                f"max_batch_size={self.max_batch_size}, max_length={self.max_length}, buckets={self.buckets}, sync_every={self.sync_every}, "
                 f"backend={self.backend!r}, {mode})")
 
     def bucket_for(self, batch: int) -> int:
@@ -194,10 +194,10 @@ class GuidedGenerator:
         for role, model_inputs in call.inputs.items():
             length = model_inputs["input_ids"].shape[1]
             if length + call.settings.max_new_tokens > self.max_length:
+                need = length + call.settings.max_new_tokens
                 raise ValueError(f"{role} prompt of {length} tokens + max_new_tokens={call.settings.max_new_tokens} "
-                                 f"needs {length + call.settings.max_new_tokens} positions but this GuidedGenerator has "
-                                 f"max_length={self.max_length}: lower max_new_tokens or make a generator with a "
-                                 "larger max_length")
+                                 f"needs {need} positions but this GuidedGenerator has max_length={self.max_length}: "
+                                 "lower max_new_tokens or make a generator with a larger max_length")
         vocab = call.vocab if call.vocab is not None else self.vocab_size
         with torch.inference_mode():
             return self._decode(call, batch, rows, -1 if vocab is None else vocab)
