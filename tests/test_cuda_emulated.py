@@ -5,7 +5,7 @@ Runs without a GPU: csrc/cuda/guided_*.cuh are compiled by the host compiler aga
 plan and scratch layout. This checks the kernels' logic: slicing and merging, the dense race and
 its noise skipping, candidate hand-over, the exact selections, the fallback, strides, dtypes,
 statuses. Two plans per case: sm_count 132 (small work: 512-id slices with 64 threads) and 1
-(large work: 2048-id slices). Timing, occupancy and the memory model need the GPU
+(large work: 1536-id slices). Timing, occupancy and the memory model need the GPU
 (tests/test_cuda_ops.py).
 """
 

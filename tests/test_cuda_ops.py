@@ -157,7 +157,7 @@ def test_cuda_fallback_and_flat_rows():
                                     dict(temperature=0.0), dict(temperature=1.0, min_p=0.05, plausibility=0.05)],
                          ids=["sample", "topk_topp", "greedy", "min_p_floor"])
 def test_split_vocab_and_large_batch_plans_agree(kwargs):
-    """A row alone (B=1: 2048-id slices over many blocks) and inside a batch of 512 (8192-id
+    """A row alone (B=1: 2048-id slices over many blocks) and inside a batch of 512 (6144-id
     slices): per-row seeds address the noise by request, so the tokens must be the same."""
     batch, width = 512, 151936
     base = llm_logits(batch, width, torch.bfloat16, seed=14).to(CUDA)

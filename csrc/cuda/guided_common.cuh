@@ -17,6 +17,7 @@
 
 namespace tita::cuda {
 
+constexpr int kBigChunks = 3;        // 8-id chunks per thread of the large-work plan (small work: 1)
 constexpr int kMaxTopK = 256;        // fast path: top-k up to this (one thread maximum per kept rank)
 constexpr int kDefaultCands = 128;   // per-slice candidate target of rows without top-k (top-p, min-p)
 constexpr int kSliceSlots = 512;     // candidates one slice may hand over (more: refined, else fallback)

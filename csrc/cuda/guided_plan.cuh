@@ -31,7 +31,7 @@ inline size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
 // How a launch cuts the rows, and where its scratch lives.
 struct Plan {
-  int chunks = 1;          // 8-id chunks per thread per slice: 1 (small work, more blocks) or 4
+  int chunks = 1;          // 8-id chunks per thread per slice: 1 (small work, more blocks) or kBigChunks
   int64_t slice_len = 0;   // kThreads * kVec * chunks ids
   int64_t slices = 0;      // of the shared range
   bool floor_pass = false; // a plausibility floor may be on: base_max_kernel runs first
@@ -39,12 +39,12 @@ struct Plan {
 };
 
 // Small work (B x slices below two waves of blocks) uses 2048-id slices so that B = 1 still
-// spreads over the GPU; large work 8192-id slices (fewer partials and candidates to merge).
+// spreads over the GPU; large work 6144-id slices (fewer partials and candidates to merge).
 inline Plan make_plan(const GuidedInputs& in) {
   Plan p;
-  const int64_t big = kThreads * kVec * 4;
+  const int64_t big = kThreads * kVec * kBigChunks;
   const int64_t big_slices = (in.vocab + big - 1) / big;
-  p.chunks = in.batch * big_slices >= 2 * static_cast<int64_t>(sm_count()) ? 4 : 1;
+  p.chunks = in.batch * big_slices >= 2 * static_cast<int64_t>(sm_count()) ? kBigChunks : 1;
   p.slice_len = static_cast<int64_t>(kThreads) * kVec * p.chunks;
   p.slices = (in.vocab + p.slice_len - 1) / p.slice_len;
   p.floor_pass = in.params.plausibility.rows != nullptr || in.params.plausibility.scalar > 0.0f;
@@ -58,7 +58,7 @@ inline Plan make_plan(const GuidedInputs& in) {
 }
 
 inline bool inputs_ok(const GuidedInputs& in) {
-  return in.batch > 0 && in.vocab > 0 && in.vocab <= INT_MAX - kThreads * kVec * 4 && in.base.data != nullptr &&
+  return in.batch > 0 && in.vocab > 0 && in.vocab <= INT_MAX - kThreads * kVec * kBigChunks && in.base.data != nullptr &&
          in.reward.data != nullptr && in.vocab <= in.base.width && in.vocab <= in.reward.width &&
          (in.ref.data == nullptr || in.vocab <= in.ref.width);
 }

@@ -83,7 +83,7 @@ cudaError_t launch(KernelArgs& a, void* scratch, size_t scratch_bytes, cudaStrea
   const Plan p = make_plan(a.in);
   if (scratch == nullptr || scratch_bytes < p.bytes) return cudaErrorInvalidValue;
   carve(a, p, scratch);
-  return p.chunks == 4 ? launch_chain<4>(a, p, stream) : launch_chain<1>(a, p, stream);
+  return p.chunks == kBigChunks ? launch_chain<kBigChunks>(a, p, stream) : launch_chain<1>(a, p, stream);
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // SlicePartial (and candidates) for the finish.
 //
 // Every thread holds kChunks chunks of 8 consecutive ids (chunk k of thread t starts at
-// slice start + (k * 256 + t) * 8: coalesced 16-byte loads) and keeps their z in registers.
+// slice start + (k * 256 + t) * 8: coalesced 16-byte loads) and keeps their z in registers; the
+// next chunk's loads are in flight while a chunk is computed on (contiguous, aligned rows).
 //   * log-sum-exp statistics of the reward and reference rows (token reward) and of z;
 //   * dense rows (no filter): the slice's winner. Greedy: argmax z. Sampling: the Gumbel race;
 //     the slice's argmax enters first, and then noise is drawn only for 4-id groups that can beat
@@ -46,7 +47,7 @@ __device__ __forceinline__ float kth_of_block_values(const float* z, int C, Redu
 }
 
 template <int kChunks>
-__global__ void __launch_bounds__(kThreads) guided_scan_kernel(KernelArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) {
   constexpr int kPer = kChunks * kVec;
   __shared__ ReduceSmem red;
   __shared__ int slot_count;
@@ -65,11 +66,22 @@ __global__ void __launch_bounds__(kThreads) guided_scan_kernel(KernelArgs a) {
     float z[kPer];
     Lse lr = lse_empty(), lf = lse_empty(), lz = lse_empty();
     Best top = best_none();  // argmax z (key z), lowest id first
+    // Vector path: the loads of chunk k + 1 are issued before chunk k is computed on.
+    const bool vec = vector_rows(rp);
+    RawChunk raw[2];
+    if (vec && v0 + static_cast<int64_t>(threadIdx.x) * kVec + kVec <= vocab) {
+      issue_chunk(rp, v0 + static_cast<int64_t>(threadIdx.x) * kVec, raw[0]);
+    }
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
+      if (k + 1 < kChunks && vec && id0 + static_cast<int64_t>(kThreads) * kVec + kVec <= vocab) {
+        issue_chunk(rp, id0 + static_cast<int64_t>(kThreads) * kVec, raw[(k + 1) & 1]);
+      }
       float b[kVec], r[kVec], f[kVec];
-      if (id0 < vocab) {
+      if (vec && id0 + kVec <= vocab) {
+        decode_chunk(rp, raw[k & 1], b, r, f);
+      } else if (id0 < vocab) {
         load_chunk(rp, id0, vocab, b, r, f);
       } else {
 #pragma unroll

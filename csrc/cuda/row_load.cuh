@@ -105,6 +105,59 @@ __device__ __forceinline__ void load_chunk(const RowPtrs& rp, int64_t id0, int64
   }
 }
 
+// The scan's vector path, split in two so that a thread can have the next chunk's loads in flight
+// while it computes on the current one: issue_chunk starts the 16-byte loads of one chunk of every
+// input into registers, decode_chunk turns them into clean fp32 when they are needed. Only for
+// blocks whose rows are all contiguous and 16-byte aligned (vector_rows) and whole chunks.
+struct RawChunk {
+  uint4 w[3][2];  // [input][word]: one 16-byte word per 8 ids of a 16-bit dtype, two of fp32
+};
+
+__device__ __forceinline__ bool vector_row(const RowPtr& r) {
+  return r.p == nullptr || (r.col_stride == 1 && (reinterpret_cast<uintptr_t>(r.p) & 15u) == 0);
+}
+__device__ __forceinline__ bool vector_rows(const RowPtrs& rp) {
+  return vector_row(rp.base) && vector_row(rp.reward) && vector_row(rp.ref);
+}
+
+__device__ __forceinline__ void issue_one(const RowPtr& r, int64_t id0, uint4* w) {
+  const uint4* p = reinterpret_cast<const uint4*>(r.p + id0 * elem_size(r.dtype));
+  w[0] = __ldg(p);
+  if (r.dtype == DType::kF32) w[1] = __ldg(p + 1);
+}
+
+__device__ __forceinline__ void issue_chunk(const RowPtrs& rp, int64_t id0, RawChunk& raw) {
+  issue_one(rp.base, id0, raw.w[0]);
+  issue_one(rp.reward, id0, raw.w[1]);
+  if (rp.ref.p != nullptr) issue_one(rp.ref, id0, raw.w[2]);
+}
+
+__device__ __forceinline__ void decode_one(DType dtype, const uint4* w, float* out) {
+  if (dtype == DType::kF32) {
+    const uint32_t words[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) out[j] = clean(__uint_as_float(words[j]));
+  } else {
+    const uint32_t words[4] = {w[0].x, w[0].y, w[0].z, w[0].w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {  // little-endian: the lower id is the low half
+      out[2 * k] = clean(half_bits(words[k] & 0xFFFFu, dtype));
+      out[2 * k + 1] = clean(half_bits(words[k] >> 16, dtype));
+    }
+  }
+}
+
+__device__ __forceinline__ void decode_chunk(const RowPtrs& rp, const RawChunk& raw, float* b, float* r, float* f) {
+  decode_one(rp.base.dtype, raw.w[0], b);
+  decode_one(rp.reward.dtype, raw.w[1], r);
+  if (rp.ref.p != nullptr) {
+    decode_one(rp.ref.dtype, raw.w[2], f);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) f[j] = b[j];
+  }
+}
+
 // How one row forms z (reference._guided_scores).
 struct ZParams {
   float alpha, one_minus, inv_t;

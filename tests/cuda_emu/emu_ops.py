@@ -4,7 +4,7 @@
 temp directory by a hash of every source it includes); `guided_sample(...)` and
 `guided_logprobs(...)` take the registered ops' positional arguments (schema order) plus
 `sm_count`, the multiprocessor count the launch plan assumes (132: an H100; 1: forces the
-large-work plan of 8192-id slices).
+large-work plan of 3-chunk slices).
 """
 
 from __future__ import annotations

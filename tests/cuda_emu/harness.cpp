@@ -36,7 +36,7 @@ void run_chain(emu::Pool& pool, KernelArgs& a, const Plan& p) {
 
 extern "C" {
 
-// Returns the plan's chunks per thread (1 or 4), or -1 for bad arguments.
+// Returns the plan's chunks per thread (1 or kBigChunks), or -1 for bad arguments.
 // logits: 3 inputs (ref may be null); dtypes: 0 fp32, 1 fp16, 2 bf16; geometry: 3 x (row stride,
 // col stride, width). scalars: alpha, temperature, top_p, min_p, plausibility. rows: 6 per-row
 // pointers (alpha, temperature, top_k (int64), top_p, min_p, plausibility), null = scalar.
@@ -72,8 +72,8 @@ int emu_guided(int choose, int sm_count, const void* const* logits, const int* d
   std::unique_ptr<char, decltype(&std::free)> scratch(static_cast<char*>(std::aligned_alloc(256, p.bytes)), &std::free);
   std::memset(scratch.get(), 0xFF, p.bytes);  // uninitialised on the device: make stale reads visible (NaN)
   carve(a, p, scratch.get());
-  if (p.chunks == 4) {
-    run_chain<4>(pool, a, p);
+  if (p.chunks == kBigChunks) {
+    run_chain<kBigChunks>(pool, a, p);
   } else {
     run_chain<1>(pool, a, p);
   }
