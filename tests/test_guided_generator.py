@@ -451,3 +451,30 @@ def test_model_split_over_devices_is_not_given_a_static_cache():
         assert not make(p).static
     finally:
         del p.base.hf_device_map
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava"])
+def test_positions_live_on_the_device_and_advance_in_place(family):
+    """Multimodal rope: the next positions (all sections, rope_deltas included) are set once at the
+    prefill, as the model's own generate makes them, and each step adds one in place."""
+    from tita_ext.adapters import ModelRunner
+
+    p = pair(family)
+    inputs = p.inputs((0, 1, 2))
+    gen = make(p)
+    runner = gen.runners["base"]
+    buffer = None
+    for new in (3, 7):
+        gen.generate(inputs, max_new_tokens=new, eos_token_id=[])
+        assert buffer is None or runner.positions is buffer  # the same tensor every call
+        buffer = runner.positions
+        with torch.inference_mode():
+            planned = ModelRunner(p.base, inputs, new)
+            planned.prefill()
+            first = planned.next_positions  # [B, 1] or [sections, B, 1]
+        assert torch.equal(runner.positions[..., :3, :], first + (new - 1))  # new - 1 forward steps
+    text_next = inputs["attention_mask"].sum(-1)  # where a text-only model's next position would be
+    if family == "llava":
+        assert torch.equal(first.view(-1), text_next)
+    else:  # each image's 2x2 merged patches take 2 rope positions for 4 tokens: rope_deltas = -2
+        assert first.shape[0] in (3, 4) and torch.equal(first[-1].view(-1), text_next - 2)
