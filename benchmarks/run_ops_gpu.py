@@ -3,6 +3,8 @@
     python benchmarks/run_ops_gpu.py              # full grid -> benchmarks/results/ops-<gpu>.json (+ .png)
     python benchmarks/run_ops_gpu.py --quick      # the acceptance points, few reps (JSON to a temp dir)
     python benchmarks/run_ops_gpu.py --dry-run    # print the grid; needs no GPU
+    python benchmarks/run_ops_gpu.py --batches 1,8 && python benchmarks/run_ops_gpu.py --batches 64,256 --append
+                                                  # the grid in pieces (each command under 10 minutes)
 
 Grid: B in {1, 8, 64, 256} x V in {32064, 128256, 151936} x {bf16, fp32} x {greedy, sample,
 topk_topp (T 0.7, k 50, p 0.9)} x {two inputs, three inputs}; implementations (gpu_impls.py):
@@ -72,14 +74,23 @@ def gpu_slug(name: str) -> str:
     return "gpu-" + ("-".join(re.findall(r"[a-z0-9]+", name.lower()))[:40] or "unknown")
 
 
-def grid(quick: bool) -> list[dict]:
-    """The measured points: dicts of batch, vocab, dtype, mode, inputs."""
+def grid(quick: bool, only: dict | None = None) -> list[dict]:
+    """The measured points: dicts of batch, vocab, dtype, mode, inputs; `only` keeps the points
+    whose values are in its lists (e.g. {"batch": [1, 8]}), to run the grid in pieces."""
     if quick:
         shapes, dtypes, inputs = QUICK_POINTS, ("bf16",), (2,)
     else:
         shapes, dtypes, inputs = tuple((b, v) for b in BATCHES for v in VOCABS), tuple(DTYPES), INPUTS
-    return [dict(batch=b, vocab=v, dtype=d, mode=m, inputs=n)
-            for (b, v) in shapes for d in dtypes for n in inputs for m in MODES]
+    points = [dict(batch=b, vocab=v, dtype=d, mode=m, inputs=n)
+              for (b, v) in shapes for d in dtypes for n in inputs for m in MODES]
+    return [p for p in points if all(p[k] in allowed for k, allowed in (only or {}).items())]
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """old rows, with those of the same (impl, point) replaced by new ones (--append)."""
+    key = lambda r: (r["impl"], r["batch"], r["vocab"], r["dtype"], r["mode"], r["inputs"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + new
 
 
 def logits_bytes(point: dict) -> int:
@@ -227,12 +238,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON path (default benchmarks/results/ops-<gpu>.json; a temp dir with --quick)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--dry-run", action="store_true", help="print the grid and exit (no GPU needed)")
+    parser.add_argument("--batches", help="only these batch sizes (comma-separated), to run the grid in pieces")
+    parser.add_argument("--vocabs", help="only these vocabulary sizes")
+    parser.add_argument("--dtypes", help="only these dtypes (bf16, fp32)")
+    parser.add_argument("--modes", help="only these modes (greedy, sample, topk_topp)")
+    parser.add_argument("--inputs", help="only these numbers of inputs (2, 3)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge into the existing JSON (rows of the same impl and point are replaced)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.impls.split(",") if n.strip()]
     unknown = sorted(set(names) - set(IMPL_NAMES))
     if unknown:
         parser.error(f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(IMPL_NAMES)}")
-    points = grid(args.quick)
+    only = {}
+    for key, text, cast in (("batch", args.batches, int), ("vocab", args.vocabs, int), ("dtype", args.dtypes, str),
+                            ("mode", args.modes, str), ("inputs", args.inputs, int)):
+        if text:
+            try:
+                only[key] = [cast(v.strip()) for v in text.split(",") if v.strip()]
+            except ValueError:
+                parser.error(f"--{key}s must be a comma-separated list, got {text!r}")
+    points = grid(args.quick, only)
+    if not points:
+        parser.error("no grid point matches the filters")
     reps = args.reps or (15 if args.quick else 50)
     if args.dry_run:
         print(f"{len(points)} points x {len(names)} implementations ({', '.join(names)}), {reps} reps each")
@@ -264,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{len(points)}] B={point['batch']} V={point['vocab']} {point['dtype']} {point['mode']} "
               f"inputs={point['inputs']}: {cells}", flush=True)
         torch.cuda.empty_cache()
+    if args.append and os.path.exists(out_path):
+        with open(out_path) as f:
+            rows = merge_rows(json.load(f)["rows"], rows)
     lines = summary(rows)
     print("\n".join(lines))
     result = dict(

@@ -28,6 +28,17 @@ def test_grid_covers_the_issue():
     assert dict(batch=1, vocab=32064, dtype="bf16", mode="topk_topp", inputs=2) in quick
 
 
+def test_filters_and_append():
+    assert len(run_ops_gpu.grid(False, {"batch": [1, 8], "dtype": ["bf16"]})) == 2 * 3 * 3 * 2
+    old = [run_ops_gpu.make_row("eager", dict(batch=1, vocab=32064, dtype="bf16", mode="greedy", inputs=2), [5.0]),
+           run_ops_gpu.make_row("eager", dict(batch=8, vocab=32064, dtype="bf16", mode="greedy", inputs=2), [6.0])]
+    new = [run_ops_gpu.make_row("eager", dict(batch=1, vocab=32064, dtype="bf16", mode="greedy", inputs=2), [7.0])]
+    merged = run_ops_gpu.merge_rows(old, new)
+    assert sorted((r["batch"], r["median_us"]) for r in merged) == [(1, 7.0), (8, 6.0)]
+    with pytest.raises(SystemExit):
+        run_ops_gpu.main(["--dry-run", "--batches", "3"])
+
+
 def test_rows_and_bandwidth():
     point = dict(batch=64, vocab=151936, dtype="bf16", mode="topk_topp", inputs=2)
     assert run_ops_gpu.logits_bytes(point) == 64 * 151936 * 2 * 2

@@ -159,7 +159,7 @@ __device__ __forceinline__ bool finish_sorted(const KernelArgs& a, int64_t row, 
   for (int i = threadIdx.x; i < n; i += kThreads) {
     const Cand x = cands[i];
     if (x.z < tau) continue;
-    const Best e{__fadd_rn(x.z, gumbel_at(addr, x.id)), x.z, x.id};
+    const Best e{__fadd_rn(x.z, gumbel_of(addr, x.id)), x.z, x.id};
     if (beats(e, best)) best = e;
   }
   res.best = block_reduce(best, BestOp{}, red);
@@ -294,7 +294,7 @@ __device__ __forceinline__ void finish_general(const KernelArgs& a, int64_t row,
   filter_and_choose(a, row, c, src, n_finite, zmax, TITA_NEG_INF, 0.0, red, res);
 }
 
-__global__ void __launch_bounds__(kThreads) guided_finish_kernel(KernelArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) guided_finish_kernel(KernelArgs a) {
   __shared__ Cand cands[kRowCands];
   __shared__ int prefix[kMaxSlices + 1];
   __shared__ int n_cands;

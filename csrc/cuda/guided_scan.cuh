@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
       if (a.choose && !c.greedy && top.id >= 0) {
         const NoiseAddress addr = noise_address(a.noise, row);
         Best mine = top;
-        mine.key = __fadd_rn(top.z, gumbel_at(addr, top.id));  // the argmax's key bounds the winner's
+        mine.key = __fadd_rn(top.z, gumbel_of(addr, top.id));  // the argmax's key bounds the winner's
 #pragma unroll
         for (int k = 0; k < kChunks; ++k) {
 #pragma unroll

@@ -197,6 +197,15 @@ __device__ __forceinline__ Philox4<uint32_t> philox_group(const NoiseAddress& a,
                            static_cast<uint32_t>(a.seed >> 32));
 }
 
+// gumbel_at(a, id), with the word chosen by selects instead of a dynamic index (which would put
+// the four Philox words in local memory).
+__device__ __forceinline__ float gumbel_of(const NoiseAddress& a, int64_t id) {
+  const Philox4<uint32_t> w = philox_group(a, id & ~int64_t{3});
+  const int j = static_cast<int>(id & 3);
+  const uint32_t bits = j == 0 ? w.x[0] : (j == 1 ? w.x[1] : (j == 2 ? w.x[2] : w.x[3]));
+  return gumbel_from_bits<float>(bits);
+}
+
 // Skipping noise that cannot win: a word whose uniform u gives Gumbel noise below `need` can be
 // skipped. g(u) >= need iff 1 - u <= -expm1(-exp(-need)); with u = (2m + 1) 2^-24 (m = bits >> 9),
 // (1 - u) 2^24 = 16777215 - 2m exactly. reach_limit is conservative: need less a 0.01 margin

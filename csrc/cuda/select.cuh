@@ -74,7 +74,7 @@ __device__ Best choose_among(const Src& src, float tau, bool greedy, const Noise
       return;
     }
     if (mine.id >= 0 && z + kGumbelMax < mine.key) return;
-    const Best c{__fadd_rn(z, gumbel_at(addr, id)), z, static_cast<int32_t>(id)};
+    const Best c{__fadd_rn(z, gumbel_of(addr, id)), z, static_cast<int32_t>(id)};
     if (beats(c, mine)) mine = c;
   });
   return block_reduce(mine, BestOp{}, red);
