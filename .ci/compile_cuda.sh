@@ -55,8 +55,11 @@ fi
 total_start=$(now)
 declare -a TIMINGS=()
 
-# nvcc flags: setup.py's, plus the architectures and ptxas spill warnings.
+# nvcc flags: setup.py's, torch's CUDAExtension defaults (no implicit half / bfloat16 conversions
+# or operators), plus the architectures and ptxas spill warnings.
 NVCC_FLAGS=(-O3 -lineinfo --expt-relaxed-constexpr -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE
+            -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
+            -D__CUDA_NO_HALF2_OPERATORS__
             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
             -Xptxas -warn-spills -Xcompiler -Wall)
 read -r -a NVCC_EXTRA_ARR <<< "${NVCC_EXTRA:-}"
