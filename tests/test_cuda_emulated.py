@@ -36,12 +36,12 @@ def _args(base, reward, ref, kwargs):
                         p["plausibility"])
 
 
-def compare(base, reward, ref, kwargs, seed=1, offset=0, vocab_size=None, sm_count=132):
+def compare(base, reward, ref, kwargs, seed=1, offset=0, vocab_size=None, sm_count=132, threads=emu_ops.THREADS):
     """Emulated kernel vs reference: identical tokens and status, close floats."""
     args = _args(base, reward, ref, kwargs)
     seed_t, offset_t = ops._seed_offset(seed, offset, base)
     vocab = check.vocab_size(vocab_size)
-    got = emu_ops.guided_sample(*args, seed_t, offset_t, vocab, sm_count=sm_count)
+    got = emu_ops.guided_sample(*args, seed_t, offset_t, vocab, sm_count=sm_count, threads=threads)
     want = reference.guided_sample(*args, seed_t, offset_t, vocab)
     assert torch.equal(got[3], want[3]), f"status {got[3].tolist()} vs reference {want[3].tolist()}"
     assert torch.equal(got[0], want[0]), f"tokens {got[0].tolist()} vs reference {want[0].tolist()}"
@@ -50,10 +50,10 @@ def compare(base, reward, ref, kwargs, seed=1, offset=0, vocab_size=None, sm_cou
     return got
 
 
-def compare_logprobs(base, reward, ref, kwargs, vocab_size=None, sm_count=132):
+def compare_logprobs(base, reward, ref, kwargs, vocab_size=None, sm_count=132, threads=emu_ops.THREADS):
     args = _args(base, reward, ref, kwargs)
     vocab = check.vocab_size(vocab_size)
-    got = emu_ops.guided_logprobs(*args, vocab, sm_count=sm_count)
+    got = emu_ops.guided_logprobs(*args, vocab, sm_count=sm_count, threads=threads)
     want = reference.guided_logprobs(*args, vocab)
     assert got.shape == want.shape
     assert torch.equal(torch.isnan(got), torch.isnan(want))
@@ -156,3 +156,23 @@ def test_noise_skipping_is_exact():
         assert lib.emu_reach_violations(need) == 0, f"need {need}"
     assert lib.emu_reach_passing(-2.0) == 2**23  # nothing skipped below need -1
     assert lib.emu_reach_passing(8.0) < 2**23 // 1000  # and most words skipped when a key leads by 8
+
+
+@pytest.mark.parametrize("sm_count", [132, 1])
+def test_emulated_at_the_gpu_block_size(sm_count):
+    """The GPU's configuration (256 threads per block: 8 warps, 2048 / 6144-id slices, up to 1024
+    sorted candidates, C up to 256 thread maxima) on a few rows of every kind."""
+    batch, width = 3, 14000
+    base = llm_logits(batch, width, torch.bfloat16, seed=31)
+    reward = llm_logits(batch, width, torch.bfloat16, seed=32)
+    ref = llm_logits(batch, width, torch.float32, seed=33)
+    flat = torch.zeros(batch, width)
+    for kwargs in (dict(temperature=0.0), dict(temperature=0.7), dict(temperature=0.7, top_k=50, top_p=0.9),
+                   dict(temperature=0.9, top_k=256), dict(temperature=0.8, top_p=0.9), dict(temperature=1.0, min_p=0.05),
+                   dict(temperature=0.9, plausibility=0.1, top_k=20), dict(temperature=1.0, top_k=300)):
+        compare(base, reward, None, kwargs, seed=4, offset=1, sm_count=sm_count, threads=256)
+        compare(base, reward, ref, dict(kwargs, alpha=per_row([0.3, 1.0, 1.5], batch)), seed=5, sm_count=sm_count,
+                threads=256)
+    compare_logprobs(base, reward, ref, dict(temperature=0.7, top_k=50, top_p=0.9), sm_count=sm_count, threads=256)
+    for kwargs in (dict(temperature=1.0, top_p=0.5), dict(temperature=1.0, top_k=20), dict(temperature=1.0)):
+        compare(flat, flat.clone(), None, kwargs, seed=6, sm_count=sm_count, threads=256)

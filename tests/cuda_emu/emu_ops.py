@@ -24,8 +24,8 @@ from tita_ext import reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-THREADS = 64  # emulated threads per block (the GPU runs 256): cheaper, and more slices per row
-FLAGS = ["-O2", "-std=c++20", "-pthread", "-ffp-contract=off", "-fPIC", "-shared", f"-DTITA_CUDA_EMU_THREADS={THREADS}"]
+THREADS = 64  # emulated threads per block by default (the GPU runs 256): cheaper, and more slices per row
+FLAGS = ["-O2", "-std=c++20", "-pthread", "-ffp-contract=off", "-fPIC", "-shared"]
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -39,19 +39,21 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
-@functools.lru_cache(maxsize=1)
-def build() -> ctypes.CDLL:
+@functools.lru_cache(maxsize=2)
+def build(threads: int = THREADS) -> ctypes.CDLL:
+    """The emulation with `threads` threads per block (256: the GPU's block size)."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++ or $CXX) to build the CUDA emulation")
-    digest = hashlib.sha256(" ".join(FLAGS).encode())
+    flags = FLAGS + [f"-DTITA_CUDA_EMU_THREADS={threads}"]
+    digest = hashlib.sha256(" ".join(flags).encode())
     for path in _sources():
         with open(path, "rb") as f:
             digest.update(path.encode() + f.read())
     lib_path = os.path.join(tempfile.gettempdir(), f"tita_cuda_emu_{digest.hexdigest()[:16]}.so")
     if not os.path.exists(lib_path):
         tmp = f"{lib_path}.{os.getpid()}.tmp"
-        cmd = [cxx, *FLAGS, f"-I{HERE}", os.path.join(HERE, "harness.cpp"), "-o", tmp]
+        cmd = [cxx, *flags, f"-I{HERE}", os.path.join(HERE, "harness.cpp"), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"building the CUDA emulation failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
@@ -68,7 +70,7 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
-def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int, out_width: int):
+def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int, out_width: int, threads: int):
     (base, reward, ref, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows,
      min_p, min_p_rows, plausibility, plausibility_rows) = args
     batch = base.shape[0]
@@ -89,7 +91,7 @@ def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int
     token_reward = torch.full((batch,), 7.0)
     status = torch.full((batch,), 7, dtype=torch.int32)
     out = torch.full((batch, max(out_width, 1)), 7.0)
-    chunks = build().emu_guided(
+    chunks = build(threads).emu_guided(
         ctypes.c_int(int(choose)), ctypes.c_int(sm_count), logits, dtypes, geometry, ctypes.c_int64(batch),
         ctypes.c_int64(vocab), scalars, ctypes.c_int64(top_k), rows, _ptr(seed), ctypes.c_int64(seed.numel()),
         _ptr(offset), ctypes.c_int64(offset.numel()), ctypes.c_int(seed_per_row), _ptr(tokens), _ptr(logprob),
@@ -99,15 +101,15 @@ def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int
     return (tokens, logprob, token_reward, status), out
 
 
-def guided_sample(*args, sm_count: int = 132):
+def guided_sample(*args, sm_count: int = 132, threads: int = THREADS):
     """torch.ops.tita.guided_sample's positional arguments (CPU tensors), run on the emulation."""
     *op_args, seed, offset, vocab_size = args
-    outputs, _ = _run(True, tuple(op_args), seed.contiguous(), offset.contiguous(), vocab_size, sm_count, 0)
+    outputs, _ = _run(True, tuple(op_args), seed.contiguous(), offset.contiguous(), vocab_size, sm_count, 0, threads)
     return outputs
 
 
-def guided_logprobs(*args, sm_count: int = 132):
+def guided_logprobs(*args, sm_count: int = 132, threads: int = THREADS):
     """torch.ops.tita.guided_logprobs' positional arguments (CPU tensors), run on the emulation."""
     *op_args, vocab_size = args
-    _, out = _run(False, tuple(op_args), None, None, vocab_size, sm_count, args[0].shape[1])
+    _, out = _run(False, tuple(op_args), None, None, vocab_size, sm_count, args[0].shape[1], threads)
     return out
