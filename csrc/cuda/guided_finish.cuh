@@ -221,11 +221,12 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
   // Gather the candidates >= T; loads batched for memory-level parallelism.
   const int total = carry;
   int64_t slice = 0;
-  for (int base = threadIdx.x; base < total; base += kThreads * 4) {
-    Cand got[4];
-    bool ok[4];
+  constexpr int kBatch = 8;
+  for (int base = threadIdx.x; base < total; base += kThreads * kBatch) {
+    Cand got[kBatch];
+    bool ok[kBatch];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
+    for (int u = 0; u < kBatch; ++u) {
       const int p = base + u * kThreads;
       ok[u] = p < total;
       if (!ok[u]) continue;
@@ -235,7 +236,7 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
       got[u] = Cand{__int_as_float(raw.x), raw.y};
     }
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
+    for (int u = 0; u < kBatch; ++u) {
       if (ok[u] && got[u].z >= T && got[u].z != TITA_NEG_INF) {
         const int at = atomicAdd(n_cands, 1);
         if (at < kRowCands) cands[at] = got[u];
