@@ -1,8 +1,9 @@
 // The finish: one block per row merges the row's slice partials and decides the row.
 //
 // Dense rows are decided by the merge. Sparse rows gather the candidates with z >= T, where T is
-// the largest slice theta (every id not handed over has z < T), into shared memory and apply
-// top-k (exact k-th largest), top-p (exact cut, fp64 masses), min-p there. The result is exact
+// the largest slice theta (every id not handed over has z < T), into shared memory, sort them
+// (bitonic, up to kSortMax; bisection over fp32 keys beyond) and apply top-k (exact k-th
+// largest), top-p (exact cut, fp64 masses in sorted order), min-p there. The result is exact
 // whenever the final threshold tau >= T (then every allowed id is a candidate): always for
 // top-k <= kMaxTopK (a slice with theta = T handed over >= k ids >= T); for top-p / min-p without
 // top-k when the nucleus lies above T. Otherwise, and for rows outside the fast path, the block

@@ -11,8 +11,9 @@
 //     enough (reach_limit): exact, the skipped noise cannot win;
 //   * sparse rows (top-k / top-p / min-p): the candidates, every finite z >= theta, where theta is
 //     the C-th largest of the 256 thread maxima (C = top_k, or kDefaultCands; rounded down to 16
-//     key bits), so at least C ids of the slice pass (about 2C on average). When more than kSliceSlots pass, theta becomes the
-//     slice's exact C-th largest z; if ties still overflow, the row takes the finish's fallback.
+//     key bits), so at least C ids of the slice pass (about 2C on average). When more than
+//     kSliceSlots pass, theta becomes the slice's exact C-th largest z; if ties still overflow,
+//     the row takes the finish's fallback.
 #pragma once
 
 #include "guided_common.cuh"
