@@ -34,12 +34,15 @@ class DemoRecipe:
     base / reward: the model sizes; the reward model is the smaller one.
     train_scenes, sft_epochs, sft_lr, sft_batch: supervised training of both models on the
         training scenes' captions and yes/no questions (tita_ext.training.sft).
-    pair_scenes, noise_step: preference pairs from the base's own answers on fresh training
-        scenes, clean image (chosen) against a DDPM-noised copy at this step of 1000 (rejected).
+    pair_scenes, pair_split, noise_step: preference pairs from the base's own answers on fresh,
+        unlabelled scenes of `pair_split` ("train", or "test": the held-out distribution, never
+        the validation or test scenes themselves), clean image (chosen) against a DDPM-noised copy
+        at this step of 1000 (rejected).
     dpo_*: DPO of the reward model (tita_ext.training.dpo), from its supervised weights.
     reference: "base" for the paper's form (p_ref = p_base), "reward-sft" for the reward model
         before DPO as the explicit reference (the emulated fine-tuning form).
-    alphas: the sweep; the demo reports the alpha with the best validation adversarial F1.
+    alphas: the sweep. The demo reports the alpha below 1 with the best validation adversarial F1
+        (guidance; alpha 1 is the reward model alone, shown for reference).
     val_scenes, test_scenes: held-out scenes of the test split (validation: its own seed offset).
     """
 
@@ -54,6 +57,7 @@ class DemoRecipe:
     sft_lr: float = 2e-3
     sft_batch: int = 32
     pair_scenes: int = 600
+    pair_split: str = "train"
     noise_step: int = 500
     dpo_beta: float = 0.1
     dpo_lr: float = 1e-4
@@ -67,6 +71,8 @@ class DemoRecipe:
     eval_batch: int = 64
 
     def __post_init__(self) -> None:
+        if self.pair_split not in ("train", "test"):
+            raise ValueError(f"pair_split must be 'train' or 'test', got {self.pair_split!r}")
         if self.reference not in ("base", "reward-sft"):
             raise ValueError(f"reference must be 'base' or 'reward-sft', got {self.reference!r}")
         if not self.alphas or min(self.alphas) <= 0:
@@ -97,5 +103,5 @@ WORLD_FIELDS = ("world_seed", "image_size", "world_bias", "world_test_bias")
 SFT_FIELDS = WORLD_FIELDS + ("train_scenes", "sft_epochs", "sft_lr", "sft_batch")
 BASE_FIELDS = SFT_FIELDS + ("base",)
 REWARD_SFT_FIELDS = SFT_FIELDS + ("reward",)
-PAIR_FIELDS = BASE_FIELDS + ("pair_scenes", "noise_step")
+PAIR_FIELDS = BASE_FIELDS + ("pair_scenes", "pair_split", "noise_step")
 DPO_FIELDS = PAIR_FIELDS + ("reward", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_batch", "dpo_rpo_alpha")

@@ -4,6 +4,7 @@ demo.json), the printed table and the plot."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import platform
 from typing import Any, Mapping
@@ -14,26 +15,41 @@ from ..world import POPE_SPLITS
 from .recipe import DemoRecipe
 
 SELECTION_SPLIT = "adversarial"
+COMPARISON_NAMES = {"reward_before_dpo": "reward model alone, before DPO",
+                    "reward_after_dpo": "reward model alone, after DPO",
+                    "base_with_dpo_delta": "base + DPO's change only (alpha 1)"}
 
 
 def choose_alpha(validation: Mapping[str, Any], split: str = SELECTION_SPLIT) -> float:
-    """The swept alpha with the best F1 on the validation scenes' `split` (ties: the smaller alpha)."""
-    scores = validation["splits"][split]["alphas"]
+    """The swept alpha below 1 with the best F1 on the validation scenes' `split` (ties: the
+    smaller alpha). Alpha 1 is the reward model alone, not guidance: it is reported, never chosen."""
+    scores = {a: m for a, m in validation["splits"][split]["alphas"].items() if a < 1.0}
+    if not scores:
+        raise ValueError("the alpha sweep needs at least one alpha below 1 to choose from")
     return min(scores, key=lambda alpha: (-scores[alpha]["f1"], alpha))
 
 
 def _rounded(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()}
+    """POPE metrics rounded, plus false_yes: the share (%) of absent objects answered "yes" (the
+    hallucination rate)."""
+    out = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()}
+    negatives = metrics["fp"] + metrics["tn"]
+    out["false_yes"] = round(100.0 * metrics["fp"] / negatives, 2) if negatives else 0.0
+    return out
 
 
 def demo_summary(recipe: DemoRecipe, validation: Mapping[str, Any], test: Mapping[str, Any], alpha: float,
-                 timings: Mapping[str, float], seconds: float, models: Mapping[str, str], pairs: int) -> dict[str, Any]:
+                 comparisons: Mapping[str, Mapping[str, Any]], timings: Mapping[str, float], seconds: float,
+                 models: Mapping[str, str], pairs: int) -> dict[str, Any]:
     """The demo's JSON record.
 
     base / tita: per POPE split of the test scenes, the metrics (accuracy, precision, recall, f1,
-    yes_ratio on a 0-100 scale, n) of the base alone and of TITA at the chosen alpha; tita also
-    holds that alpha. gain: tita minus base F1 per split. sweep: test F1 per split at every alpha
-    (the plot's lines), validation: the same on the validation scenes (what chose alpha)."""
+    yes_ratio, false_yes on a 0-100 scale; n, tp, fp, tn, fn) of the base alone and of TITA at
+    the chosen alpha; tita also holds that alpha. gain: tita minus base F1 per split.
+    comparisons: name -> per split metrics of evaluate_pope results at alpha 1, for comparison:
+    reward_before_dpo / reward_after_dpo (the reward model decoding alone) and base_with_dpo_delta
+    (s = log p_base + log p_reward - log p_reward_before_dpo: only what DPO changed). sweep: test F1 per split at every
+    alpha (the plot's lines); validation: the same on the validation scenes (what chose alpha)."""
     splits = [s for s in POPE_SPLITS if s in test["splits"]]
     base = {s: _rounded(test["splits"][s]["base"]) for s in splits}
     tita = {s: _rounded(test["splits"][s]["alphas"][alpha]) for s in splits}
@@ -48,17 +64,31 @@ def demo_summary(recipe: DemoRecipe, validation: Mapping[str, Any], test: Mappin
         "tita": {"alpha": alpha, "reference": recipe.reference, **tita},
         "alpha": alpha,
         "gain": {s: round(tita[s]["f1"] - base[s]["f1"], 2) for s in splits},
+        "comparisons": {name: {s: _rounded(r["splits"][s]["alphas"][1.0]) for s in splits}
+                        for name, r in comparisons.items()},
         "seconds": round(seconds, 1),
         "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
         "sweep": sweep(test),
         "validation": sweep(validation),
-        "selection": f"alpha with the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} validation scenes",
+        "selection": f"the alpha below 1 with the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} validation scenes",
         "pairs": pairs,
         "models": dict(models),
         "recipe": recipe.as_dict(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "transformers": _version("transformers")},
     }
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _version(package: str) -> str:
@@ -71,17 +101,18 @@ def _version(package: str) -> str:
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The closing table: per test split, base vs TITA (accuracy, F1, yes ratio) and the F1 gain."""
-    alpha = summary["alpha"]
-    lines = [f"POPE on {summary['recipe']['test_scenes']} held-out scenes: the base alone vs TITA "
-             f"(alpha {alpha:g}, chosen on validation scenes)",
-             f"  {'split':<12} {'base acc':>8} {'base F1':>8} {'yes%':>5}   {'TITA acc':>8} {'TITA F1':>8} "
-             f"{'yes%':>5}   {'F1 gain':>7}"]
-    for split, base in summary["base"].items():
-        tita = summary["tita"][split]
-        lines.append(f"  {split:<12} {base['accuracy']:>8.1f} {base['f1']:>8.1f} {base['yes_ratio']:>5.0f}   "
-                     f"{tita['accuracy']:>8.1f} {tita['f1']:>8.1f} {tita['yes_ratio']:>5.0f}   "
-                     f"{summary['gain'][split]:>+7.1f}")
+    """The closing table: per test split, F1 and the share of absent objects answered "yes"."""
+    splits = list(summary["base"])
+    rows = [("the base alone", summary["base"])]
+    rows += [(COMPARISON_NAMES.get(k, k), v) for k, v in summary["comparisons"].items()]
+    rows.append((f"TITA, alpha {summary['alpha']:g}", summary["tita"]))
+    lines = [f"POPE on {summary['recipe']['test_scenes']} held-out scenes: F1 % (share of absent objects "
+             f"answered yes); alpha chosen on validation scenes",
+             f"  {'':<36}" + "".join(f"{s:>16}" for s in splits)]
+    for name, by_split in rows:
+        lines.append(f"  {name:<36}" + "".join(f"{by_split[s]['f1']:>9.1f} ({by_split[s]['false_yes']:>3.0f}%)"
+                                              for s in splits))
+    lines.append(f"  {'TITA over the base':<36}" + "".join(f"{summary['gain'][s]:>+9.1f}{'':7}" for s in splits))
     lines.append(f"total {summary['seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -92,31 +123,35 @@ def write_summary(summary: Mapping[str, Any], path: pathlib.Path) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
-def plot_demo(summary: Mapping[str, Any], test: Mapping[str, Any], png_path: pathlib.Path) -> None:
-    """Two panels: F1 per split for the base and TITA (bars), and test F1 against alpha (lines)."""
+def plot_demo(summary: Mapping[str, Any], png_path: pathlib.Path) -> None:
+    """Two panels: test F1 per split of the base alone, each reward model alone and TITA (bars),
+    and test F1 against alpha (lines; the chosen alpha dashed)."""
     from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
 
     splits = list(summary["base"])
-    fig = Figure(figsize=(9.5, 3.8), dpi=120)
-    bars, lines = fig.subplots(1, 2)
-    width = 0.38
-    for i, (name, key) in enumerate((("base alone", "base"), (f"TITA (alpha {summary['alpha']:g})", "tita"))):
-        xs = [k + (i - 0.5) * width for k in range(len(splits))]
-        values = [summary[key][s]["f1"] for s in splits]
+    rows = [("base alone", summary["base"])]
+    rows += [(COMPARISON_NAMES.get(k, k), v) for k, v in summary["comparisons"].items()]
+    rows.append((f"TITA (alpha {summary['alpha']:g})", summary["tita"]))
+    fig = Figure(figsize=(10, 4.6), dpi=120)
+    bars, lines = fig.subplots(1, 2, width_ratios=(1.3, 1))
+    width = 0.8 / len(rows)
+    for i, (name, by_split) in enumerate(rows):
+        xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(splits))]
+        values = [by_split[s]["f1"] for s in splits]
         bars.bar(xs, values, width, label=name)
         for x, v in zip(xs, values):
-            bars.text(x, v + 0.5, f"{v:.1f}", ha="center", fontsize=8)
+            bars.text(x, v + 0.4, f"{v:.1f}", ha="center", fontsize=6.5)
     bars.set_xticks(range(len(splits)), splits)
     bars.set_ylabel("F1 (%)")
-    low = min(min(summary[k][s]["f1"] for s in splits) for k in ("base", "tita"))
+    low = min(by_split[s]["f1"] for _, by_split in rows for s in splits)
     bars.set_ylim(max(0.0, low - 15), 100)
     bars.set_title("POPE on held-out scenes")
-    bars.legend(loc="lower right", fontsize=8)
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=7, frameon=False)
     for split, points in summary["sweep"].items():
         xs = sorted(points, key=float)
         lines.plot([float(x) for x in xs], [points[x] for x in xs], marker="o", label=split)
     lines.axvline(summary["alpha"], color="grey", lw=0.8, ls="--")
-    lines.set_xlabel("alpha (0: the base alone)")
+    lines.set_xlabel("alpha (0: the base alone, 1: the reward model alone)")
     lines.set_ylabel("F1 (%)")
     lines.set_title("F1 against the guidance weight")
     lines.grid(alpha=0.3)

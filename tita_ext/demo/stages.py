@@ -14,14 +14,16 @@ from ..tiny_models import tiny_llava, tiny_llava_processor
 from ..training.dpo import train_reward_dpo
 from ..training.pairs import PreferencePair, build_pairs, read_pairs, write_pairs
 from ..training.sft import encode_examples, train_sft
-from ..world import POPE_SPLITS, World, pope_questions, qa_examples, render, write_pope
+from ..world import POPE_SPLITS, SHAPES, World, qa_examples, render, write_pope, yes_no_question
 from ..world.text import PROMPT_TEMPLATE
 from .recipe import DemoRecipe, ModelSize
 
 # The demo's models are trained on prompts in this template; POPE asks in it too.
 TEMPLATE = PROMPT_TEMPLATE
 VALIDATION_OFFSET = 1  # World.scenes seed offset of the validation images (test images: 0)
-PAIR_OFFSET = 1  # seed offset of the training scenes the pairs are built on (SFT scenes: 0)
+# Seed offset of the scenes the pairs are built on: apart from the SFT scenes (train, 0) and from
+# the validation and test scenes (test, 1 and 0).
+PAIR_OFFSET = {"train": 1, "test": 2}
 
 
 def make_world(recipe: DemoRecipe) -> World:
@@ -66,19 +68,11 @@ def train_supervised(size: ModelSize, rows: list[dict], recipe: DemoRecipe, proc
 
 
 def pair_items(world: World, recipe: DemoRecipe) -> list[tuple]:
-    """(image, question) items for the pairs: POPE-style probes (present shapes, absent random
-    and absent companion shapes) on training scenes the supervised stage never saw."""
-    scenes = world.scenes(recipe.pair_scenes, "train", seed_offset=PAIR_OFFSET)
-    images = [render(scene) for scene in scenes]
-    frequencies = world.object_frequencies("train")
-    seen: set[tuple[int, str]] = set()
-    items = []
-    for split in ("random", "adversarial"):
-        for q in pope_questions(scenes, split, frequencies=frequencies, seed=PAIR_OFFSET):
-            if (q["image_id"], q["question"]) not in seen:
-                seen.add((q["image_id"], q["question"]))
-                items.append((images[q["image_id"]], q["question"]))
-    return items
+    """(image, question) items for the pairs: every shape of the vocabulary asked about on
+    scenes no other stage uses. Nothing about the scenes' content is read (no labels, and the
+    questions do not depend on what is in the picture)."""
+    scenes = world.scenes(recipe.pair_scenes, recipe.pair_split, seed_offset=PAIR_OFFSET[recipe.pair_split])
+    return [(image, yes_no_question(shape)) for image in map(render, scenes) for shape in SHAPES]
 
 
 def make_pairs(base: torch.nn.Module, world: World, recipe: DemoRecipe, processor: Any, folder: pathlib.Path,

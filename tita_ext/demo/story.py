@@ -125,19 +125,27 @@ def run_story(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | N
         test = evaluate_pope(base, reward, processor, pope["test"], out_dir / "pope" / "test", recipe.alphas,
                              batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
                              progress=progress, ref_model=ref_model)
+        # For comparison, all at alpha 1: each reward model decoding alone, before and after DPO, and
+        # the base guided by what DPO alone changed (reference = the reward model before DPO).
+        comparisons = {name: evaluate_pope(base, model, processor, pope["test"], out_dir / "pope" / "test", (1.0,),
+                                           batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
+                                           progress=False, ref_model=ref)
+                       for name, model, ref in (("reward_before_dpo", reward_sft, None),
+                                                ("reward_after_dpo", reward, None),
+                                                ("base_with_dpo_delta", reward, reward_sft))}
     timings["pope"] = time.perf_counter() - t
     _done(t, False)
 
     models = {"base": str(base_folder), "reward": str(reward_folder), "reward_sft": str(reward_sft_folder),
               "pairs": str(pairs_folder / "pairs.jsonl")}
-    summary = demo_summary(recipe, validation, test, alpha, timings, time.perf_counter() - started, models,
-                           len(pairs))
+    summary = demo_summary(recipe, validation, test, alpha, comparisons, timings, time.perf_counter() - started,
+                           models, len(pairs))
     print("\n" + format_summary(summary))
     write_summary(summary, out_dir / "demo.json")
     if results_json is not None:
         write_summary(summary, results_json)
     try:
-        plot_demo(summary, test, out_dir / "demo.png")
+        plot_demo(summary, out_dir / "demo.png")
         print(f"\nplot: {out_dir / 'demo.png'}")
     except ImportError:
         print("\n(no plot: matplotlib is not installed; pip install matplotlib)")
