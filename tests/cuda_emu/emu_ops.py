@@ -25,7 +25,10 @@ from tita_ext import reference
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 THREADS = 64  # emulated threads per block by default (the GPU runs 256): cheaper, and more slices per row
-FLAGS = ["-O2", "-std=c++20", "-pthread", "-ffp-contract=off", "-fPIC", "-shared"]
+# -fno-gnu-unique: the 64- and 256-thread builds are loaded into one process, and GCC would
+# otherwise bind their inline statics (the block barrier, blockIdx) process-wide as
+# STB_GNU_UNIQUE symbols, so the second build would run on the first one's 64-thread barrier.
+FLAGS = ["-O2", "-std=c++20", "-pthread", "-ffp-contract=off", "-fPIC", "-shared", "-fno-gnu-unique"]
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
