@@ -194,11 +194,13 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict:
-    try:
-        import triton as tr
+    # The installed version from the package metadata: importing triton here would fix its
+    # interpreter mode (TRITON_INTERPRET) for the rest of the process.
+    from importlib.metadata import PackageNotFoundError, version
 
-        triton_version = tr.__version__
-    except Exception as exc:
+    try:
+        triton_version = version("triton")
+    except PackageNotFoundError as exc:
         triton_version = f"not installed: {type(exc).__name__}"
     from gpu_impls import flashinfer_status
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-import tita_ext
+# Triton reads TRITON_INTERPRET once, when it is first imported (torch.compile imports it too, so
+# any test module may be first): without a GPU, its kernels can only run under the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import tita_ext  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALPHAS = (0.0, 0.6, 1.0, 1.5)

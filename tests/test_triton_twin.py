@@ -12,7 +12,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # read when triton loads and when the kernels are defined: set it first
+    os.environ["TRITON_INTERPRET"] = "1"  # conftest sets it before anything imports triton; this file alone too
 pytest.importorskip("triton")
 
 import tita_ext  # noqa: E402
