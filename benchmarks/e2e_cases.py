@@ -97,7 +97,9 @@ REAL_REWARD = dict(text=dict(hidden_size=1024, intermediate_size=2816, num_hidde
 REAL_TEXT_TOKENS = (24, 16)  # random text ids before and after the image
 
 
-def _real_llava(sizes: dict, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+def llava_from_sizes(sizes: dict, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    """A LlavaForConditionalGeneration with random weights from `sizes` (text / vision config
+    dicts): CLIP at 336 px with 14-pixel patches, 32064-wide Llama logits."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(image_size=REAL_IMAGE, patch_size=REAL_PATCH, projection_dim=768, **sizes["vision"])
@@ -114,13 +116,10 @@ def _real_llava(sizes: dict, device: torch.device, dtype: torch.dtype, seed: int
     return model.eval()
 
 
-def real_pair(device: torch.device, dtype: torch.dtype = torch.bfloat16, base_sizes: dict = REAL_BASE,
-              reward_sizes: dict = REAL_REWARD) -> Pair:
-    """LLaVA-1.5-style architectures from configs (no download), random weights: a 1.03B base
-    (Llama 2048 x 16 layers, CLIP ViT-B/14 at 336 px) and a 0.21B reward (Llama 1024 x 8 layers,
-    6-layer ViT-B/14), both with 32064-wide logits."""
-    base = _real_llava(base_sizes, device, dtype, seed=0)
-    reward = _real_llava(reward_sizes, device, dtype, seed=1)
+def llava_inputs(device: torch.device, dtype: torch.dtype):
+    """make_inputs(batch) for `llava_from_sizes` models: BOS, random text ids, the image tokens,
+    more random ids (REAL_TEXT_TOKENS), every other row left-padded by 4, random pixels; seeded by
+    the batch size."""
     image_tokens = (REAL_IMAGE // REAL_PATCH) ** 2
     before, after = REAL_TEXT_TOKENS
 
@@ -136,6 +135,19 @@ def real_pair(device: torch.device, dtype: torch.dtype = torch.bfloat16, base_si
         pixels = torch.randn(batch, 3, REAL_IMAGE, REAL_IMAGE, generator=g)
         return dict(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels.to(device, dtype))
 
+    return make_inputs
+
+
+def real_pair(device: torch.device, dtype: torch.dtype = torch.bfloat16, base_sizes: dict = REAL_BASE,
+              reward_sizes: dict = REAL_REWARD) -> Pair:
+    """LLaVA-1.5-style architectures from configs (no download), random weights: a 1.03B base
+    (Llama 2048 x 16 layers, CLIP ViT-B/14 at 336 px) and a 0.21B reward (Llama 1024 x 8 layers,
+    6-layer ViT-B/14), both with 32064-wide logits."""
+    base = llava_from_sizes(base_sizes, device, dtype, seed=0)
+    reward = llava_from_sizes(reward_sizes, device, dtype, seed=1)
+    image_tokens = (REAL_IMAGE // REAL_PATCH) ** 2
+    before, after = REAL_TEXT_TOKENS
+    make_inputs = llava_inputs(device, dtype)
     describe = dict(base=_text_shape(base), reward=_text_shape(reward),
                     prompt=f"BOS + {before} random ids + {image_tokens} image tokens + {after} random ids",
                     image=f"{REAL_IMAGE}x{REAL_IMAGE}, {REAL_PATCH}-pixel patches")

@@ -33,8 +33,8 @@ import torch
 import e2e_cases as ec
 import tita_ext
 
-IMAGE, PATCH, VOCAB, IMAGE_ID = 336, 14, 32064, 32000
-TEXT_TOKENS = (24, 16)  # random text ids before and after the image
+IMAGE, PATCH = ec.REAL_IMAGE, ec.REAL_PATCH  # LLaVA-1.5's CLIP input (e2e_cases.llava_from_sizes)
+TEXT_TOKENS = ec.REAL_TEXT_TOKENS
 SYNC_EVERY = 16
 
 CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
@@ -58,42 +58,13 @@ PATHS = ("hf_generate_base", "base_graphed", "reward_graphed", "guided_eager", "
 CPU_PATHS = PATHS[:-1]  # no second stream on the CPU
 
 
-def llava(sizes: dict, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """A LlavaForConditionalGeneration with random weights from `sizes` (text / vision dicts)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(image_size=IMAGE, patch_size=PATCH, projection_dim=768, **sizes["vision"])
-    text = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
-                       pad_token_id=0, tie_word_embeddings=False, **sizes["text"])
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
-    gen = model.generation_config
-    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id, gen.do_sample = 1, 2, 0, False
-    return model.eval()
-
-
 def gpu_pair(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> ec.Pair:
     sizes = PAIRS[name]
-    base = llava(sizes["base"], device, dtype, seed=0)
-    reward = llava(sizes["reward"], device, dtype, seed=1)
+    base = ec.llava_from_sizes(sizes["base"], device, dtype, seed=0)
+    reward = ec.llava_from_sizes(sizes["reward"], device, dtype, seed=1)
     image_tokens = (IMAGE // PATCH) ** 2
     before, after = TEXT_TOKENS
-
-    def make_inputs(batch: int) -> dict:
-        g = torch.Generator().manual_seed(batch)
-        ids = torch.cat([torch.full((batch, 1), 1), torch.randint(3, 32000, (batch, before), generator=g),
-                         torch.full((batch, image_tokens), IMAGE_ID),
-                         torch.randint(3, 32000, (batch, after), generator=g)], dim=1)
-        mask = torch.ones_like(ids)
-        if batch > 1:  # left-pad every other row by 4 tokens, as a processor would for shorter prompts
-            mask[1::2, :4] = 0
-            ids[1::2, :4] = 0
-        pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)
-        return dict(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels.to(device, dtype))
-
+    make_inputs = ec.llava_inputs(device, dtype)
     describe = dict(base=ec._text_shape(base), reward=ec._text_shape(reward),
                     base_vision=sizes["base"]["vision"], reward_vision=sizes["reward"]["vision"],
                     prompt=f"BOS + {before} random ids + {image_tokens} image tokens + {after} random ids",

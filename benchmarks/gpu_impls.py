@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 import tita_ext
-from impls import ALPHA, MODE_PARAMS
+from impls import ALPHA, MODE_PARAMS, eager_choice
 
 Impl = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], str, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,31 +48,10 @@ def _combined(base, reward, ref):
 
 
 def eager(base, reward, ref, mode, seed, offset):
-    """The chain a user would write: log_softmax of each model, combine, temperature, top-k by
-    torch.topk, top-p by sort + softmax + cumsum (Hugging Face style), softmax, torch.multinomial,
-    then the chosen token's log-prob and reward."""
-    p = MODE_PARAMS[mode]
+    """The chain a user would write: log_softmax of each model, combine, then impls.eager_choice
+    (warpers, torch.multinomial, the chosen token's log-prob and reward)."""
     s, lr, lf = _combined(base, reward, ref)
-    if p["temperature"] == 0:
-        tokens = s.argmax(dim=-1, keepdim=True)
-        logprob = torch.log_softmax(s, dim=-1).gather(1, tokens)
-    else:
-        z = s / p["temperature"]
-        if p["top_k"] > 0:
-            kth = torch.topk(z, p["top_k"], dim=-1).values[:, -1:]
-            z = z.masked_fill(z < kth, float("-inf"))
-        if p["top_p"] < 1:
-            sorted_z, order = torch.sort(z, dim=-1, descending=False)
-            cumulative = sorted_z.softmax(dim=-1).cumsum(dim=-1)
-            drop_sorted = cumulative <= 1 - p["top_p"]
-            drop_sorted[:, -1:] = False  # always keep the most likely token
-            z = z.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
-        probs = torch.softmax(z, dim=-1)
-        tokens = torch.multinomial(probs, 1)
-        logprob = probs.gather(1, tokens).log()
-    token_reward = (lr - lf).gather(1, tokens)
-    del logprob, token_reward  # computed because a user wanting them would; not returned
-    return tokens.squeeze(1)
+    return eager_choice(s, lr, lf, MODE_PARAMS[mode])
 
 
 def _reference(base, reward, ref, seed, offset, temperature: float, top_k: int, top_p: float):

@@ -36,13 +36,12 @@ def tita(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.Tensor
 _GENERATOR = torch.Generator()
 
 
-def eager(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.Tensor) -> torch.Tensor:
-    """The chain a user would write: two log_softmax, combine, temperature, top-k by torch.topk,
-    top-p by sort + softmax + cumsum (Hugging Face style), softmax, torch.multinomial."""
-    p = MODE_PARAMS[mode]
-    lb = torch.log_softmax(base.float(), dim=-1)
-    lr = torch.log_softmax(reward.float(), dim=-1)
-    s = lb + ALPHA * (lr - lb)
+def eager_choice(s: torch.Tensor, lr: torch.Tensor, lf: torch.Tensor, p: dict,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The user's chain after the combination: temperature, top-k by torch.topk, top-p by sort +
+    softmax + cumsum (Hugging Face style), softmax, torch.multinomial (or argmax when greedy),
+    then the chosen token's log-prob and reward. s, lr, lf: float32 [B, V] guided scores and the
+    reward / reference log-probs. Returns int64 [B] tokens."""
     if p["temperature"] == 0:
         tokens = s.argmax(dim=-1, keepdim=True)
         logprob = torch.log_softmax(s, dim=-1).gather(1, tokens)
@@ -58,11 +57,19 @@ def eager(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.Tenso
             drop_sorted[:, -1:] = False  # always keep the most likely token
             z = z.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
         probs = torch.softmax(z, dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=_GENERATOR.manual_seed(int(seed)))
+        tokens = torch.multinomial(probs, 1, generator=generator)
         logprob = probs.gather(1, tokens).log()
-    token_reward = (lr - lb).gather(1, tokens)
+    token_reward = (lr - lf).gather(1, tokens)
     del logprob, token_reward  # computed because a user wanting them would; not returned
     return tokens.squeeze(1)
+
+
+def eager(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.Tensor) -> torch.Tensor:
+    """The chain a user would write: two log_softmax, combine, then `eager_choice`."""
+    lb = torch.log_softmax(base.float(), dim=-1)
+    lr = torch.log_softmax(reward.float(), dim=-1)
+    s = lb + ALPHA * (lr - lb)
+    return eager_choice(s, lr, lb, MODE_PARAMS[mode], _GENERATOR.manual_seed(int(seed)))
 
 
 # One compiled function serves every (shape, mode): with dynamic=False each is its own graph,

@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -35,6 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `gpu_impls`, `impls`, `plot_ops` beside this file
 
 from impls import ALPHA, MODE_PARAMS  # noqa: E402
+from run_ops_cpu import _git_commit  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BATCHES = (1, 8, 64, 256)
@@ -182,15 +182,6 @@ def time_point(point: dict, impls: dict, timer: Timer, reps: int, peak: float | 
     rows = [make_row(n, point, samples[n], peak=peak) for n in live]
     rows += [make_row(n, point, None, error=e) for n, e in errors.items()]
     return rows
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _versions() -> dict:

@@ -33,6 +33,21 @@ MODES = {
     "plausibility": dict(temperature=0.9, plausibility=0.1),
 }
 
+# The statistical tests' sampling settings (every filter, alpha above 1), for each backend.
+STATISTICS_CASES = (
+    dict(temperature=1.0),
+    dict(temperature=0.7, top_k=12),
+    dict(temperature=1.3, top_p=0.8),
+    dict(temperature=1.0, min_p=0.05, alpha=1.5),
+    dict(temperature=0.8, plausibility=0.05, alpha=1.0),
+)
+
+
+def case_id(kwargs: dict) -> str:
+    """A parametrize id from keyword arguments: "temperature=0.7,top_k=12"."""
+    return ",".join(f"{a}={b}" for a, b in kwargs.items())
+
+
 # The kernels compute in fp32 from exactly converted inputs, like the reference, so the only
 # differences are fp32 rounding (their own exp/log and summation order): a fixed fp32 bound.
 LOGPROB_ATOL = 2e-4

@@ -14,8 +14,8 @@ import torch
 
 import tita_ext
 from tita_ext import ops, reference
-from conftest import (ALPHAS, DTYPES, LOGPROB_ATOL, MODES, PROB_ATOL, SHAPES, compare_with_reference, llm_logits,
-                      mode_kwargs, per_row)
+from conftest import (ALPHAS, DTYPES, LOGPROB_ATOL, MODES, PROB_ATOL, SHAPES, STATISTICS_CASES, case_id,
+                      compare_with_reference, llm_logits, mode_kwargs, per_row)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -178,13 +178,7 @@ def test_split_vocab_and_large_batch_plans_agree(kwargs):
 
 
 # The statistical test (test_sampling_statistics.py) on the CUDA kernel.
-@pytest.mark.parametrize("kwargs", [
-    dict(temperature=1.0),
-    dict(temperature=0.7, top_k=12),
-    dict(temperature=1.3, top_p=0.8),
-    dict(temperature=1.0, min_p=0.05, alpha=1.5),
-    dict(temperature=0.8, plausibility=0.05, alpha=1.0),
-], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("kwargs", STATISTICS_CASES, ids=case_id)
 def test_cuda_draws_follow_the_guided_distribution(kwargs):
     pytest.importorskip("scipy")
     from test_sampling_statistics import DRAWS, P_VALUE_FLOOR, chi_square_p

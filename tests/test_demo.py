@@ -52,7 +52,8 @@ def test_stage_keys_change_only_downstream_of_a_field():
 
 @pytest.mark.parametrize("bad, match", [(dict(reference="reward"), "reference must be"),
                                         (dict(alphas=()), "alphas must be"), (dict(alphas=(0.0, 0.5)), "alphas"),
-                                        (dict(train_scenes=0), "train_scenes must be at least 1")])
+                                        (dict(train_scenes=0), "train_scenes must be at least 1"),
+                                        (dict(pair_split="val"), "pair_split must be 'train' or 'test'")])
 def test_recipe_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
         DemoRecipe(**bad)
@@ -147,6 +148,11 @@ def test_pair_items_ask_about_every_shape_on_scenes_no_other_stage_uses(split):
 
 
 # --------------------------------------------------------------------------- the whole story, short
+
+def test_demo_refuses_a_thread_count_below_one(capsys):
+    assert main(["demo", "--quick", "--threads", "0", "--no-cache"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
 
 def test_quick_demo_runs_every_stage_then_reuses_the_cache(tmp_path, capsys):
     cache, out = tmp_path / "cache", tmp_path / "out"

@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 import tita_ext
-from conftest import llm_logits, needs_compiled
+from conftest import STATISTICS_CASES, case_id, llm_logits, needs_compiled
 
 DRAWS = 40_000
 P_VALUE_FLOOR = 1e-4
@@ -29,13 +29,7 @@ def _draws(base, reward, backend, **kwargs) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", [pytest.param("compiled", marks=needs_compiled), "reference"])
-@pytest.mark.parametrize("kwargs", [
-    dict(temperature=1.0),
-    dict(temperature=0.7, top_k=12),
-    dict(temperature=1.3, top_p=0.8),
-    dict(temperature=1.0, min_p=0.05, alpha=1.5),
-    dict(temperature=0.8, plausibility=0.05, alpha=1.0),
-], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("kwargs", STATISTICS_CASES, ids=case_id)
 def test_draws_follow_the_guided_distribution(backend, kwargs):
     g = torch.Generator().manual_seed(21)  # a smooth row: every filter keeps a real support
     base, reward = torch.randn(1, 300, generator=g) * 1.5, torch.randn(1, 300, generator=g) * 1.5

@@ -271,3 +271,17 @@ def test_same_losses_as_trl_dpo_trainer(tmp_path, processor):
     assert second["loss"] == pytest.approx(result["losses"][1], abs=3e-3)
     assert second["rewards/chosen"] == pytest.approx(result["chosen_rewards"][1], abs=3e-3)
     assert second["rewards/rejected"] == pytest.approx(result["rejected_rewards"][1], abs=3e-3)
+
+
+def test_rpo_alpha_adds_the_chosen_answers_mean_nll(processor):
+    """At step 0 (policy == reference) the DPO term is log 2; rpo_alpha adds rpo_alpha times the
+    chosen responses' per-token mean NLL under the starting model."""
+    start = tiny_llava(seed=1, hidden_size=32, layers=1)
+    batch = encode_pairs(processor, PAIRS)
+    chosen_tokens = (batch["labels"][:2, 1:] != IGNORE_INDEX).sum()
+    nll = -float(response_logprobs(start, batch)[:2].sum() / chosen_tokens)
+    result = train_reward_dpo(start, processor, PAIRS, lr=1e-3, batch_size=2, max_steps=1, rpo_alpha=0.5,
+                              progress=False)
+    assert result["losses"][0] == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-5)
+    with pytest.raises(ValueError, match="rpo_alpha must be >= 0, got -0.1"):
+        train_reward_dpo(start, processor, PAIRS, rpo_alpha=-0.1, progress=False)

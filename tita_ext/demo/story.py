@@ -71,20 +71,17 @@ def run_story(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | N
             print(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}")
         return write
 
+    folders: dict[str, pathlib.Path] = {}
     for number, (name, size, fields) in enumerate((("base", recipe.base, BASE_FIELDS),
                                                    ("reward-sft", recipe.reward, REWARD_SFT_FIELDS)), start=2):
         what = "the base model" if name == "base" else "the reward model, supervised (before DPO)"
         t = _stage(number, f"{what}: tiny LLaVA, hidden {size.hidden_size}, {size.layers} text layers, "
                            f"vision {size.vision_hidden_size}x{size.vision_layers}, {recipe.sft_epochs} epochs")
-        folder, hit = cached_folder(cache, name, recipe.stage_key(*fields), write_supervised(size))
+        folders[name], hit = cached_folder(cache, name, recipe.stage_key(*fields), write_supervised(size))
         timings[name] = time.perf_counter() - t
-        _done(t, hit, str(folder))
-        if name == "base":
-            base_folder = folder
-        else:
-            reward_sft_folder = folder
-    base = stages.load_model(base_folder)
-    reward_sft = stages.load_model(reward_sft_folder)
+        _done(t, hit, str(folders[name]))
+    base = stages.load_model(folders["base"])
+    reward_sft = stages.load_model(folders["reward-sft"])
 
     t = _stage(4, f"preference pairs from the base's own answers (noise step {recipe.noise_step} of 1000)")
     pairs_folder, hit = cached_folder(
@@ -116,27 +113,30 @@ def run_story(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | N
 
     ref_model = reward_sft if recipe.reference == "reward-sft" else None
     t = _stage(6, f"POPE: the base alone vs TITA at alpha {', '.join(f'{a:g}' for a in recipe.alphas)}")
+
+    def score(model, scenes: str, alphas, ref=None, bars: bool = False) -> dict[str, Any]:
+        """evaluate_pope of the base with `model` guiding it, on the validation or test scenes."""
+        return evaluate_pope(base, model, processor, pope[scenes], out_dir / "pope" / scenes, alphas,
+                             batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
+                             progress=bars, ref_model=ref)
+
     with torch.inference_mode():
-        validation = evaluate_pope(base, reward, processor, pope["val"], out_dir / "pope" / "val", recipe.alphas,
-                                   batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
-                                   progress=progress, ref_model=ref_model)
+        validation = score(reward, "val", recipe.alphas, ref_model, progress)
         alpha = choose_alpha(validation)
         print(f"      validation scenes: best adversarial F1 at alpha {alpha:g}")
-        test = evaluate_pope(base, reward, processor, pope["test"], out_dir / "pope" / "test", recipe.alphas,
-                             batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
-                             progress=progress, ref_model=ref_model)
+        test = score(reward, "test", recipe.alphas, ref_model, progress)
         # For comparison, all at alpha 1: each reward model decoding alone, before and after DPO, and
-        # the base guided by what DPO alone changed (reference = the reward model before DPO).
-        comparisons = {name: evaluate_pope(base, model, processor, pope["test"], out_dir / "pope" / "test", (1.0,),
-                                           batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
-                                           progress=False, ref_model=ref)
-                       for name, model, ref in (("reward_before_dpo", reward_sft, None),
-                                                ("reward_after_dpo", reward, None),
-                                                ("base_with_dpo_delta", reward, reward_sft))}
+        # the base guided by what DPO alone changed (reference = the reward model before DPO). A
+        # setting the test sweep already ran (its alpha 1) is taken from it.
+        comparisons = {}
+        for name, model, ref in (("reward_before_dpo", reward_sft, None), ("reward_after_dpo", reward, None),
+                                 ("base_with_dpo_delta", reward, reward_sft)):
+            in_sweep = model is reward and ref is ref_model and 1.0 in recipe.alphas
+            comparisons[name] = test if in_sweep else score(model, "test", (1.0,), ref)
     timings["pope"] = time.perf_counter() - t
     _done(t, False)
 
-    models = {"base": str(base_folder), "reward": str(reward_folder), "reward_sft": str(reward_sft_folder),
+    models = {"base": str(folders["base"]), "reward": str(reward_folder), "reward_sft": str(folders["reward-sft"]),
               "pairs": str(pairs_folder / "pairs.jsonl")}
     summary = demo_summary(recipe, validation, test, alpha, comparisons, timings, time.perf_counter() - started,
                            models, len(pairs))
