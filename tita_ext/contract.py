@@ -12,11 +12,14 @@ import torch
 STATUS_OK = 0
 STATUS_NO_FINITE = 1  # no allowed token has a finite score (all -inf / NaN, or filtered out)
 STATUS_BAD_PARAM = 2  # a per-row parameter tensor holds a value outside its range
+STATUS_OVERFLOW = 3  # a finite logit gave a non-finite score (combination or 1/temperature overflowed fp32)
 
 STATUS_MEANING = {
     STATUS_OK: "ok",
     STATUS_NO_FINITE: "no allowed token has a finite score (every logit is -inf/NaN or was filtered out)",
     STATUS_BAD_PARAM: "a per-row sampling parameter is outside its allowed range",
+    STATUS_OVERFLOW: ("a finite logit gave a non-finite score after the combination and temperature scaling "
+                      "(fp32 overflow): lower alpha or raise the temperature"),
 }
 
 MIN_TEMPERATURE = 1e-6  # 0 means greedy; positive values below this would overflow fp32 scores

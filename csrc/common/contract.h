@@ -14,6 +14,10 @@ enum Status : int32_t {
   kStatusOk = 0,
   kStatusNoFinite = 1,  // no allowed token has a finite score (all -inf / NaN, or filtered out)
   kStatusBadParam = 2,  // a per-row parameter is outside its range
+  // A finite logit gave a non-finite score: the combination or the 1/temperature scaling overflowed
+  // fp32 (e.g. logit 1e33 at temperature 1e-6). Checked over every id of the shared range whose
+  // inputs are all finite, before any filter; the row yields no token.
+  kStatusOverflow = 3,
 };
 
 constexpr float kMinTemperature = 1e-6f;  // 0 means greedy; (0, 1e-6) would overflow fp32 scores
