@@ -25,6 +25,7 @@ import torch
 from .demo import cli_demo
 from .eval import cli_pope
 from .training import cli_train
+from .vllm import cli_export
 from .generate import GuidedOutput, guided_generate
 from .prompt_inputs import Preprocessor, build_inputs, family_of, load_preprocessor
 from .setup_checks import check_tokenizers
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="TITA guided decoding: a small reward model steers a base model token by token. "
                                "Without a command, runs the built-in demo.")
-    commands = parser.add_subparsers(dest="command", metavar="{demo,generate,decode-demo,eval-pope,pairs,train-reward}",
+    commands = parser.add_subparsers(dest="command", metavar="{demo,generate,decode-demo,eval-pope,pairs,train-reward,export-vllm}",
                                      required=True)
     sampling = _sampling_arguments()
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_pope.add_parser(commands)
     cli_train.add_parser(commands)
+    cli_export.add_parser(commands)
     return parser
 
 
@@ -280,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 2
     _quiet_transformers()
     run = {"generate": run_generate, "demo": cli_demo.run, "decode-demo": run_decode_demo, "eval-pope": cli_pope.run,
-           "pairs": cli_train.run, "train-reward": cli_train.run}[args.command]
+           "pairs": cli_train.run, "train-reward": cli_train.run, "export-vllm": cli_export.run}[args.command]
     try:
         return run(args)
     except (CLIError, ValueError, TypeError, OSError, ImportError) as error:
