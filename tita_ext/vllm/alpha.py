@@ -71,6 +71,7 @@ class TitaAlphaProcessor(LogitsProcessor):
             if row < batch_update.batch_size:
                 deltas[row] = alpha - a0
         self.delta = torch.tensor(deltas, dtype=torch.float32).to(self.device) if any(deltas) else None
+        self.guidance.term_wanted = self.delta is not None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if self.delta is None:

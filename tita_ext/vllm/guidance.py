@@ -9,21 +9,22 @@ the model runner hands to both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 
 @dataclass
 class Guidance:
-    """default_alpha: a0. term: float32 [rows, vocab], g of the last compute_logits call (0 outside
-    the shared id range), or None before the first. processor_attached: a per-request alpha
-    processor runs in this engine."""
+    """default_alpha: a0. processor_attached: a per-request alpha processor runs in this engine.
+    term_wanted: some request in the batch set its own alpha (set by the processor before each
+    forward), so compute_logits leaves term: float32 [rows, vocab], g of that call (0 outside the
+    shared id range)."""
 
     default_alpha: float
-    term: torch.Tensor | None = None
     processor_attached: bool = False
-    _warned: bool = field(default=False, repr=False)
+    term_wanted: bool = False
+    term: torch.Tensor | None = None
 
 
 _BY_ENGINE: dict[int, Guidance] = {}

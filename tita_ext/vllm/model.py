@@ -106,7 +106,7 @@ class TitaForCausalLM(nn.Module):
         rows = hidden_states.shape[0]
         score = torch.full((rows, self.vocab_size), float("-inf"), dtype=torch.float32, device=hidden_states.device)
         score[:, :self.vocab_limit] = logp[0] + self.guidance.default_alpha * term
-        if self.guidance.processor_attached:
+        if self.guidance.term_wanted:
             full_term = torch.zeros_like(score)
             full_term[:, :self.vocab_limit] = term
             self.guidance.term = full_term
