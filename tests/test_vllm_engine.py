@@ -16,6 +16,7 @@ from tita_ext import guided_generate  # noqa: E402
 from tita_ext.tiny_models import EOS_ID, tiny_tokenizer  # noqa: E402
 from tita_ext.vllm.alpha import TitaAlphaProcessor  # noqa: E402
 from tita_ext.vllm.export import export_vllm  # noqa: E402
+from tita_ext.vllm.layout import ALPHA_PROCESSOR  # noqa: E402
 from tita_ext.vllm.tiny_pair import save_trio, tiny_trio  # noqa: E402
 
 # Different lengths (1 to 16 tokens); requests join and leave the batch since max_num_seqs < count.
@@ -70,6 +71,10 @@ def vllm_tokens(llm, ids: list[list[int]], params: list) -> list[list[int]]:
 def greedy(alpha: float | None = None, **kwargs) -> vllm.SamplingParams:
     extra = {"tita_alpha": alpha} if alpha is not None else None
     return vllm.SamplingParams(temperature=0.0, max_tokens=MAX_NEW, extra_args=extra, **kwargs)
+
+
+def test_the_processor_name_printed_and_logged_is_the_class():
+    assert f"{TitaAlphaProcessor.__module__}:{TitaAlphaProcessor.__qualname__}" == ALPHA_PROCESSOR
 
 
 def test_greedy_tokens_equal_guided_generate(trio, llm):

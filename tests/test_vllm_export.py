@@ -51,7 +51,8 @@ def test_export_writes_config_weights_and_tokenizer(trio, tmp_path):
 def test_cli_exports_and_refuses_an_existing_folder(trio, tmp_path, capsys):
     argv = ["export-vllm", "--base", str(trio["base"]), "--reward", str(trio["reward"]), "--out", str(tmp_path / "o")]
     assert main(argv) == 0
-    assert "api_server --model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"api_server --model {tmp_path / 'o'} --logits-processors tita_ext.vllm.alpha:TitaAlphaProcessor" in printed
     before = (tmp_path / "o" / "config.json").read_text()
     assert main(argv + ["--alpha", "1"]) == 2
     assert "already exists: choose a new folder or pass --overwrite" in capsys.readouterr().err

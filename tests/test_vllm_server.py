@@ -23,13 +23,13 @@ pytest.importorskip("vllm")
 
 from tita_ext.tiny_models import tiny_tokenizer  # noqa: E402
 from tita_ext.vllm.export import export_vllm  # noqa: E402
+from tita_ext.vllm.layout import ALPHA_PROCESSOR  # noqa: E402
 from tita_ext.vllm.tiny_pair import save_trio, tiny_trio  # noqa: E402
 
 from test_vllm_engine import MAX_NEW, guided_tokens, prompt_ids  # noqa: E402
 
 START_TIMEOUT_S = 240
 REQUEST_TIMEOUT_S = 60
-PROCESSOR = "tita_ext.vllm.alpha:TitaAlphaProcessor"
 
 
 def free_port() -> int:
@@ -42,7 +42,7 @@ def start_server(model: str, log_path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--max-model-len", "128", "--max-num-seqs", "4",
-               "--kv-cache-memory-bytes", str(1 << 26), "--enforce-eager", "--logits-processors", PROCESSOR]
+               "--kv-cache-memory-bytes", str(1 << 26), "--enforce-eager", "--logits-processors", ALPHA_PROCESSOR]
     log = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))

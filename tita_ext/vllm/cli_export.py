@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from .layout import ALPHA_PROCESSOR as PROCESSOR
+
 COMMAND = "export-vllm"
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = export_vllm(args.base, args.reward, args.out, ref=args.ref, alpha=args.alpha, overwrite=args.overwrite)
     roles = "base + reward" + (" + ref" if args.ref else "")
-    print(f"wrote {out} ({roles}, default alpha {args.alpha:g}); serve it with\n"
-          f"  python -m vllm.entrypoints.openai.api_server --model {out}\n"
-          f"or in Python: vllm.LLM(model={str(out)!r})")
+    print(f"wrote {out} ({roles}, default alpha {args.alpha:g}); serve it with per-request alpha "
+          f"(vllm_xargs {{\"tita_alpha\": A}}):\n"
+          f"  python -m vllm.entrypoints.openai.api_server --model {out} --logits-processors {PROCESSOR}\n"
+          f"or in Python: vllm.LLM(model={str(out)!r}, logits_processors=[{PROCESSOR!r}])")
     return 0

@@ -23,6 +23,7 @@ CONFIG_KEY = "tita"
 FORMAT_VERSION = 1
 ROLES = ("base", "reward", "ref")
 ALPHA_KEY = "tita_alpha"  # SamplingParams.extra_args key (vllm_xargs over the OpenAI server)
+ALPHA_PROCESSOR = "tita_ext.vllm.alpha:TitaAlphaProcessor"  # the logits processor that reads it
 
 
 def check_alpha(value: object, name: str = ALPHA_KEY) -> float:

@@ -25,10 +25,10 @@ from torch import nn
 from transformers import AutoConfig
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
-from vllm.model_executor.models.utils import init_vllm_registered_model
+from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 
 from .guidance import guidance_for
-from .layout import ALPHA_KEY, TitaSpec
+from .layout import ALPHA_KEY, ALPHA_PROCESSOR, TitaSpec
 
 logger = init_logger(__name__)
 
@@ -64,7 +64,7 @@ class TitaForCausalLM(nn.Module):
         for role in self.roles:
             config = _tower_config(role, spec.towers[role])
             try:
-                tower = init_vllm_registered_model(vllm_config, hf_config=config, prefix=f"{prefix}{role}")
+                tower = init_vllm_registered_model(vllm_config, hf_config=config, prefix=maybe_prefix(prefix, role))
             except ValueError as error:
                 raise ValueError(f"vLLM cannot build the {role} tower ({', '.join(config.architectures or [])}): "
                                  f"{error}") from error
@@ -76,8 +76,8 @@ class TitaForCausalLM(nn.Module):
         if not self.guidance.processor_attached:
             logger.warning("TitaForCausalLM: no per-request alpha processor in this engine, so every request uses "
                            "alpha %g and a request's extra_args[%r] is ignored; start the engine with "
-                           "logits_processors=['tita_ext.vllm.alpha:TitaAlphaProcessor'] (server: "
-                           "--logits-processors tita_ext.vllm.alpha:TitaAlphaProcessor)", spec.alpha, ALPHA_KEY)
+                           "logits_processors=[%r] (server: --logits-processors %s)", spec.alpha, ALPHA_KEY,
+                           ALPHA_PROCESSOR, ALPHA_PROCESSOR)
 
     def _towers(self) -> list[nn.Module]:
         return [self.get_submodule(role) for role in self.roles]
