@@ -18,7 +18,7 @@ pytest.importorskip("PIL")
 from tita_ext import cli  # noqa: E402
 from tita_ext.eval import cli_pope  # noqa: E402
 from tita_ext.safe_write import MANIFEST, OutputPathError, verify_folder  # noqa: E402
-from tita_ext.tiny_models import demo_image, tiny_llama, tiny_llava, tiny_llava_processor, tiny_tokenizer  # noqa: E402
+from tita_ext.tiny_models import demo_image, tiny_llava, tiny_llava_processor, tiny_tokenizer  # noqa: E402
 from tita_ext.training import cli_train  # noqa: E402
 
 LONG = "cube " * 3000  # over 1000 tokens: more than the tiny models' 1024 positions with the image
@@ -26,17 +26,15 @@ LONG = "cube " * 3000  # over 1000 tokens: more than the tiny models' 1024 posit
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """base/ and reward/ (tiny LLaVAs with the processor), text/ (a tiny Llama), images/red.png."""
+    """base/ and reward/ (tiny LLaVAs with the processor) and images/red.png."""
     root = tmp_path_factory.mktemp("inputs")
     processor = tiny_llava_processor(tiny_tokenizer())
     for name, model in {"base": tiny_llava(seed=0), "reward": tiny_llava(seed=1, hidden_size=32, layers=1)}.items():
         model.save_pretrained(root / name)
         processor.save_pretrained(root / name)
-    tiny_llama(seed=2, hidden_size=32, layers=1).save_pretrained(root / "text")
-    processor.tokenizer.save_pretrained(root / "text")
     (root / "images").mkdir()
     demo_image("red").save(root / "images" / "red.png")
-    return {"root": root, "base": root / "base", "reward": root / "reward", "text": root / "text"}
+    return {"root": root, "base": root / "base", "reward": root / "reward"}
 
 
 @pytest.fixture

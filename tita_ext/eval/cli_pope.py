@@ -96,9 +96,9 @@ def split_files(data: str, splits: list[str]) -> dict[str, pathlib.Path]:
     return files
 
 
-def check_outputs(out: str | None, plot: str | None) -> None:
+def check_outputs(out: str | None, plot: str | None, say: bool = True) -> None:
     """--out and --plot are files that can be written (before any work); an existing --out is
-    only replaced when the run finishes, which is said now."""
+    only replaced when the run finishes, which is said now (when `say`: rank 0)."""
     from ..cli import CLIError
     from ..safe_write import check_output_path
 
@@ -107,7 +107,7 @@ def check_outputs(out: str | None, plot: str | None) -> None:
             check_output_path(path, "file", flag)
     if out and plot and pathlib.Path(out).resolve() == pathlib.Path(plot).resolve():
         raise CLIError(f"--out and --plot are the same file {out!r}: give two paths")
-    if out and pathlib.Path(out).is_file():
+    if say and out and pathlib.Path(out).is_file():
         print(f"note: --out {out} exists; it is replaced when this run finishes (its 'finished' time says "
               "which run wrote it)", flush=True)
 
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--template may hold only the field {{question}} (double other braces): {error!r}") from None
     if "{question}" not in template:
         raise CLIError("--template must hold {question}")
-    check_outputs(args.out, args.plot)
+    check_outputs(args.out, args.plot, say=shard.is_main)
     images = args.images or args.data
     questions = {split: load_questions(path, args.limit, images)
                  for split, path in split_files(args.data, args.splits).items()}
