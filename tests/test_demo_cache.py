@@ -108,3 +108,14 @@ def test_a_killed_stage_leaves_nothing_a_later_run_trusts_or_keeps(tmp_path):
     folder, hit = cached_folder(cache, "pairs", "k", save_pairs)  # any later use of the cache cleans it
     assert not hit and sorted(p.name for p in cache.iterdir()) == ["pairs-k"]
     assert json.loads((folder / "pairs.jsonl").read_text().splitlines()[0])["prompt"] == "prompt 0"
+
+
+def test_partial_folders_of_older_versions_are_removed_once_a_day_old(tmp_path):
+    old = tmp_path / ".base-0123456789ab-k2_x9zqa"  # what tempfile.mkdtemp(prefix=".base-KEY-") made
+    recent = tmp_path / ".reward-0123456789ab-abcdefgh"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("half")
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+    cached_folder(tmp_path, "pairs", "k", save_pairs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, "pairs-k"])

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
+import shutil
 import tempfile
+import time
 import warnings
 from typing import Callable, Sequence
 
 from ..safe_write import IncompleteOutput, atomic_folder, clean_stale, verify_folder
 
 CACHE_ENV = "TITA_EXT_CACHE"
+# Partial folders of versions before tita_ext.safe_write (tempfile.mkdtemp(prefix=".NAME-KEY-")):
+# no writer pid in the name, so removed by age alone.
+LEGACY_PARTIAL = re.compile(r"^\.[\w-]+-[0-9a-f]{12}-[\w]{8}$")
+LEGACY_AGE = 24 * 3600.0
 
 
 class CacheWarning(UserWarning):
@@ -52,6 +59,7 @@ def cached_folder(cache: pathlib.Path | None, name: str, key: str, write: Callab
     folder = cache / f"{name}-{key}"
     cache.mkdir(parents=True, exist_ok=True)
     clean_stale(cache)  # what killed runs left, any stage
+    _clean_legacy_partials(cache)
     if folder.exists():
         try:
             verify_folder(folder, hashes=True, required=required)
@@ -62,3 +70,10 @@ def cached_folder(cache: pathlib.Path | None, name: str, key: str, write: Callab
     with atomic_folder(folder) as partial:
         write(partial)
     return folder, False
+
+
+def _clean_legacy_partials(cache: pathlib.Path) -> None:
+    """Remove the partial folders older versions left when killed (older than LEGACY_AGE)."""
+    for entry in cache.iterdir():
+        if LEGACY_PARTIAL.match(entry.name) and entry.is_dir() and time.time() - entry.stat().st_mtime > LEGACY_AGE:
+            shutil.rmtree(entry, ignore_errors=True)
