@@ -161,7 +161,8 @@ def saved(tmp_path) -> pathlib.Path:
 
 @pytest.mark.parametrize("damage,match", [
     (lambda f: (f / "config.json").unlink(), r"config\.json is missing"),
-    (lambda f: (f / "model.safetensors").write_text("w" * 40), r"model\.safetensors has 40 bytes, its manifest says 100"),
+    (lambda f: (f / "model.safetensors").write_text("w" * 40),
+     r"model\.safetensors has 40 bytes, its manifest says 100"),
     (lambda f: (f / "pairs.jsonl").write_text("{}\n"), r"pairs\.jsonl has 3 bytes, its manifest says 9"),
     (lambda f: (f / "config.json").write_text('{"hidden_size": 9}'), r"config\.json differs .*sha256"),
     (lambda f: (f / MANIFEST).unlink(), "has no tita-manifest.json"),

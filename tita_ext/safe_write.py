@@ -98,15 +98,17 @@ def _remove(path: pathlib.Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_file(path: PathLike, mode: str = "w", encoding: str | None = "utf-8", clean: bool = True) -> Iterator[IO]:
     """Open a temporary sibling of `path` for writing ("w" text or "wb" bytes); on a clean exit
     it is flushed, fsynced and renamed over `path` (the parent folder is created if needed). On an
-    exception it is removed and `path` is left as it was."""
+    exception it is removed and `path` is left as it was. clean=False skips `clean_stale` of the
+    parent folder (a caller writing many files into one folder cleans it once)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path.parent, target=path.name)
+    if clean:
+        clean_stale(path.parent, target=path.name)
     temp = temp_sibling(path)
     handle = open(temp, mode, encoding=None if "b" in mode else encoding)
     try:

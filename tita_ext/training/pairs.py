@@ -175,8 +175,10 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair | dict],
     (PIL's `filename`) is written as that file's path; any other in-memory image is saved as PNG
     under `image_dir` (required then) and written as that file's path. Every file is written
     crash-safe (`tita_ext.safe_write`): an interrupted call leaves any previous pairs file whole."""
-    from ..safe_write import atomic_file
+    from ..safe_write import atomic_file, clean_stale
 
+    if image_dir is not None:
+        clean_stale(image_dir)  # once, not per image
     count = 0
     with atomic_file(path) as f:
         for i, pair in enumerate(pairs):
@@ -190,7 +192,7 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair | dict],
                                      "build_pairs image paths")
                 else:
                     file = Path(image_dir) / f"pair-{i:06d}.png"
-                    with atomic_file(file, "wb") as png:
+                    with atomic_file(file, "wb", clean=False) as png:
                         image.save(png, format="PNG")
                     image = str(file)
             record = {"image": None if image is None else str(image), "prompt": pair.prompt,
