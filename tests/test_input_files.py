@@ -200,3 +200,21 @@ def test_eval_pope_results_say_when_and_from_what_and_a_failed_write_keeps_the_o
         harness.write_results({"splits": {}}, out, tmp_path / "f1.png")
     assert out.read_bytes() == before and not (tmp_path / "f1.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pope_random.jsonl", "results.json"]
+
+
+def test_evaluate_pope_checks_every_split_s_images_before_answering(world, monkeypatch):
+    """The library call too: a missing image in the last split is found before the first batch
+    (main: after answering every earlier split, without naming the question)."""
+    from tita_ext.eval import run_pope as harness
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a batch was answered before the images were checked")
+
+    monkeypatch.setattr(harness, "answer_batch", refuse)
+    good = GOOD["eval-pope"]
+    gone = dict(good, image="gone.png")
+    questions = {"random": [good] * 3, "adversarial": [good, gone, gone]}
+    with pytest.raises(ValueError, match=r"adversarial question 1: 'image': image '.*gone\.png' does not exist"):
+        harness.evaluate_pope(tiny_llava(seed=0), tiny_llava(seed=1, hidden_size=32, layers=1),
+                              tiny_llava_processor(tiny_tokenizer()), questions, world["root"] / "images",
+                              progress=False)

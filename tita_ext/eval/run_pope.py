@@ -49,13 +49,14 @@ def load_questions(path: str | pathlib.Path, limit: int | None = None,
     the file, the line and the key; a file without questions is an error."""
     from ..jsonl import image_file, read_json_lines
 
-    questions = []
+    questions, checked = [], set()
     for where, record in read_json_lines(path, QUESTION_KEYS):
         if limit is not None and len(questions) >= limit:
             break
         question = as_question(record, where)
-        if image_folder is not None:
+        if image_folder is not None and question["image"] not in checked:  # POPE asks ~18 questions an image
             image_file(pathlib.Path(image_folder), question["image"], where)
+            checked.add(question["image"])
         questions.append(dict(question, line=where))
     if not questions:
         raise ValueError(f"{path} holds no questions ({QUESTION_KEYS}, one JSON object a line)")
@@ -149,11 +150,12 @@ def _split_questions(split: str, records: Sequence[Question] | str | pathlib.Pat
 
     if isinstance(records, (str, pathlib.Path)):
         return load_questions(records, image_folder=folder)
-    items = []
-    for number, record in enumerate(records):
-        where = f"{split} question {number}"
-        items.append(as_question(record, where))
-        image_file(folder, items[-1]["image"], where)
+    items = [as_question(record, f"{split} question {number}") for number, record in enumerate(records)]
+    first: dict[str, int] = {}  # each image checked once, named by its first question
+    for number, question in enumerate(items):
+        first.setdefault(question["image"], number)
+    for image, number in first.items():
+        image_file(folder, image, f"{split} question {number}")
     return items
 
 
