@@ -20,6 +20,7 @@ makes the generator decode on dynamic caches with `guided_generate`'s loop inste
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from typing import Mapping, Sequence
@@ -32,6 +33,7 @@ from .generate import (Call, GuidedOutput, Timings, _finish_reasons, _raise_on_f
                        prepare_call)
 from .graphs import DecodeStep, GraphKey, active_filters
 from .ops import Backend, _resolve_backend, advance_impl, sample_impl
+from .weights_key import weights_key
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
@@ -93,7 +95,7 @@ class GuidedGenerator:
                  ref_model: torch.nn.Module | None = None, *, max_batch_size: int, max_length: int,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, use_cuda_graph: bool | None = None, sync_every: int = 8,
                  overlap: bool = False, backend: Backend = None, vocab_size: int | None = None):
-        from .setup_checks import check_model, check_same_device
+        from .setup_checks import check_model
 
         _check_int("max_batch_size", max_batch_size, 1)
         _check_int("max_length", max_length, 2)
@@ -111,22 +113,31 @@ class GuidedGenerator:
             self.models["ref"] = ref_model
         for role, model in self.models.items():
             check_model(role, model)
-        self.device = check_same_device(self.models)
-        self.backend = _resolve_backend(backend, self.device)
         self.vocab_size = None if vocab_size is None else check.vocab_size(vocab_size)
         self.overlap = bool(overlap)
+        self._backend_arg, self._use_cuda_graph_arg = backend, use_cuda_graph
+        # One call at a time: every call writes the same static caches and step buffers.
+        self._lock = threading.RLock()
+        self.calls = 0
+        self.rebuilds = 0  # times the static state was rebuilt because the models' weights moved
+        self.last_bucket: int | None = None
+        self.capture_s: dict[GraphKey, float] = {}  # seconds each capture took (warm-up included)
+        self._build()
 
+    def _build(self) -> None:
+        """(Re)make everything tied to the models' weights' storage: device, backend, static
+        caches, step buffers; captured graphs are dropped with the old step."""
+        from .setup_checks import check_same_device
+
+        use_cuda_graph, reward_model = self._use_cuda_graph_arg, self.models.get("reward")
+        self.device = check_same_device(self.models)
+        self.backend = _resolve_backend(self._backend_arg, self.device)
+        self.weights = weights_key(self.models)
         possible, why = graphs_possible(self.device)
-        self.static, self.fallback_reason = True, ""
-        try:
-            for role, model in self.models.items():
-                try:
-                    check_static_cache_support(model)
-                except StaticCacheUnsupported as err:
-                    raise StaticCacheUnsupported(f"{role}_model: {err}") from None
-        except StaticCacheUnsupported as err:
-            self.static, self.fallback_reason = False, str(err)
-            possible, why = False, f"no static cache ({err})"
+        self.fallback_reason = static_cache_problem(self.models)
+        self.static = not self.fallback_reason
+        if not self.static:
+            possible, why = False, f"no static cache ({self.fallback_reason})"
         if reward_model is None and not self.static:
             raise ValueError(f"reward_model=None (the base model alone) needs a static cache: {self.fallback_reason}")
         if use_cuda_graph and not possible:
@@ -140,12 +151,17 @@ class GuidedGenerator:
         if self.static:
             rows = self.buckets[-1]
             with torch.inference_mode():
-                self.runners = {role: StaticRunner(model, rows, max_length) for role, model in self.models.items()}
+                self.runners = {role: StaticRunner(model, rows, self.max_length) for role, model in self.models.items()}
                 self.state = DecodeStep(list(self.runners.values()), sample_impl(self.backend),
-                                        advance_impl(self.backend, self.device), history=max(max_length, 4))
-        self.calls = 0
-        self.last_bucket: int | None = None
-        self.capture_s: dict[GraphKey, float] = {}  # seconds each capture took (warm-up included)
+                                        advance_impl(self.backend, self.device), history=max(self.max_length, 4))
+
+    def _rebuild_if_weights_moved(self) -> None:
+        """After `model.to(...)` or `load_state_dict(assign=True)` the captured graphs and static
+        caches address freed weights: rebuild them (checked per call, a pointer walk)."""
+        if weights_key(self.models) != self.weights:
+            self.runners, self.state = {}, None  # free the old caches before allocating new ones
+            self.rebuilds += 1
+            self._build()
 
     def __repr__(self) -> str:
         mode = ("cuda graphs" if self.use_cuda_graph else f"eager ({self.why_eager})") if self.static else \
@@ -186,9 +202,15 @@ class GuidedGenerator:
         return self.run(prepare_call(self.models, inputs, backend=self.backend, **kwargs))
 
     def run(self, call: Call) -> GuidedOutput:
-        """Decode a checked call (generate.prepare_call for these models)."""
+        """Decode a checked call (generate.prepare_call for these models). Calls from several
+        threads are serialised (one lock per generator)."""
         if not self.static:
             raise ValueError(f"this GuidedGenerator decodes on dynamic caches ({self.fallback_reason}); use generate()")
+        with self._lock:
+            self._rebuild_if_weights_moved()
+            return self._run_locked(call)
+
+    def _run_locked(self, call: Call) -> GuidedOutput:
         batch = call.batch
         rows = self.bucket_for(batch)
         for role, model_inputs in call.inputs.items():
@@ -319,9 +341,13 @@ _LENGTH_STEP = 256  # a cached generator's max_length is rounded up to a multipl
 _cache: dict[str, object] = {}  # "entry": (backend, GuidedGenerator); the generator holds its models
 
 
+_cache_lock = threading.Lock()
+
+
 def clear_generator_cache() -> None:
     """Drop the GuidedGenerator that guided_generate keeps (its static KV caches and graphs)."""
-    _cache.clear()
+    with _cache_lock:
+        _cache.clear()
 
 
 def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend: Backend,
@@ -338,35 +364,42 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
         return None  # the switch that keeps guided_generate on its eager loop everywhere
     resolved = _resolve_backend(backend, call.device)
     possible, why = graphs_possible(call.device)
-    if possible:
-        try:
-            for role, model in models.items():
-                try:
-                    check_static_cache_support(model)
-                except StaticCacheUnsupported as err:
-                    raise StaticCacheUnsupported(f"{role}_model: {err}") from None
-        except StaticCacheUnsupported as err:
-            possible, why = False, f"no static cache ({err})"
+    problem = static_cache_problem(models) if possible else ""
+    if problem:
+        possible, why = False, f"no static cache ({problem})"
     if not possible:
         if use_cuda_graph:
             raise ValueError(f"use_cuda_graph=True but the decode step cannot be captured: {why}")
         return None
     length = max(inputs["input_ids"].shape[1] for inputs in call.inputs.values()) + call.settings.max_new_tokens
-    entry = _cache.get("entry")
-    batch = call.batch
-    if entry is not None:
-        entry_backend, gen = entry
-        mine = list(gen.models.values())
-        same = len(mine) == len(models) and all(a is b for a, b in zip(mine, models.values()))
-        if same and entry_backend == resolved and gen.max_batch_size >= call.batch and gen.max_length >= length:
-            return gen
-        if same:  # grow: keep what the earlier calls needed too
-            batch, length = max(batch, gen.max_batch_size), max(length, gen.max_length)
-        _cache.clear()  # free the old caches before allocating new ones
-        del gen, entry, mine
-    batch = next((b for b in DEFAULT_BUCKETS if b >= batch), batch)
-    length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
-    gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
-                          max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
-    _cache["entry"] = (resolved, gen)
-    return gen
+    with _cache_lock:  # threads see one entry; each generator serialises its own calls
+        entry = _cache.get("entry")
+        batch = call.batch
+        if entry is not None:
+            entry_backend, gen = entry
+            mine = list(gen.models.values())
+            same = len(mine) == len(models) and all(a is b for a, b in zip(mine, models.values()))
+            # Weights that moved (model.to, load_state_dict(assign=True)) need new caches and graphs.
+            fits = same and entry_backend == resolved and gen.weights == weights_key(models)
+            if fits and gen.max_batch_size >= call.batch and gen.max_length >= length:
+                return gen
+            if same:  # grow: keep what the earlier calls needed too
+                batch, length = max(batch, gen.max_batch_size), max(length, gen.max_length)
+            _cache.clear()  # free the old caches before allocating new ones (a running call keeps its own)
+            del gen, entry, mine
+        batch = next((b for b in DEFAULT_BUCKETS if b >= batch), batch)
+        length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
+        gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
+                              max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
+        _cache["entry"] = (resolved, gen)
+        return gen
+
+
+def static_cache_problem(models: Mapping[str, torch.nn.Module]) -> str:
+    """Why some model cannot decode on a static cache ("role_model: ..."), or "" when all can."""
+    for role, model in models.items():
+        try:
+            check_static_cache_support(model)
+        except StaticCacheUnsupported as err:
+            return f"{role}_model: {err}"
+    return ""
