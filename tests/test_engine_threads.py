@@ -42,8 +42,9 @@ def run_threads(work, jobs: list) -> list:
 def decode_jobs() -> list[dict]:
     """THREADS x CALLS calls that differ in rows, seeds and lengths (so a mixed-up state shows)."""
     rows = ((0, 1, 2), (1,), (2, 0), (0,))
-    return [dict(rows=rows[j % len(rows)], seed=100 + j, max_new_tokens=4 + j % 5, do_sample=j % 2 == 1,
-                 temperature=0.9, top_k=30) for j in range(THREADS * CALLS)]
+    sampling = dict(do_sample=True, temperature=0.9, top_k=30)
+    return [dict(rows=rows[j % len(rows)], seed=100 + j, max_new_tokens=4 + j % 5, **(sampling if j % 2 else {}))
+            for j in range(THREADS * CALLS)]
 
 
 def call_with(p, decode):

@@ -349,11 +349,14 @@ def test_models_of_two_families_with_their_own_prompt_lengths():
 
 class _NoHostReads:
     """A dispatch mode that fails on the ops that read device values on the host (.item(),
-    bool(tensor), data-dependent shapes): none may run inside a step that CUDA graphs capture.
-    (Copies to the host cannot be seen on the CPU: the GPU test checks a replay for syncs.)"""
+    bool(tensor), data-dependent shapes) or make a tensor from host data (torch.tensor(...) of
+    an int seed or a per-row list: a pageable host-to-device copy on CUDA): none may run inside a
+    step that CUDA graphs capture. (Copies to the host cannot be seen on the CPU: the GPU test
+    checks a replay for syncs.)"""
 
     HOST_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.masked_select",
-                "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.equal")
+                "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.equal",
+                "aten.lift_fresh")
 
     def __new__(cls):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -377,7 +380,8 @@ def test_decode_step_reads_nothing_on_the_host(family, backend):
         pytest.skip("compiled module not built")
     p = pair(family)
     gen = make(p, backend=backend)
-    out = gen.generate(p.inputs(), max_new_tokens=2, do_sample=True, top_k=5, top_p=0.9, min_p=0.01,
+    # Per-row lists and seeds: turned into device tensors by DecodeStep.load, before any step.
+    out = gen.generate(p.inputs(), max_new_tokens=2, do_sample=True, top_k=5, top_p=[0.9, 0.8, 1.0], min_p=0.01,
                        plausibility=0.001, seed=[1, 2, 3])
     assert out.new_tokens.shape == (3, 2)
     key = graphs.GraphKey(rows=4, per_row_seed=True, pad_token_id=tiny.PAD_ID, vocab=-1, overlap=False)
@@ -386,6 +390,8 @@ def test_decode_step_reads_nothing_on_the_host(family, backend):
             gen.state.step(key)
         with pytest.raises(AssertionError, match="is_nonzero"), _NoHostReads():
             bool(gen.state.done)  # the watcher does catch a host read
+        with pytest.raises(AssertionError, match="lift_fresh"), _NoHostReads():
+            torch.tensor([7])  # and a tensor made from host data
 
 
 def test_environment_switch_turns_the_cached_generator_off(monkeypatch):

@@ -29,8 +29,7 @@ import torch
 
 from . import _validate as check
 from .adapters.static_cache import StaticCacheUnsupported, StaticRunner, check_static_cache_support
-from .generate import (Call, GuidedOutput, Timings, _finish_reasons, _raise_on_failed_rows, _sync, guided_generate,
-                       prepare_call)
+from .generate import Call, GuidedOutput, _sync, guided_generate, make_output, prepare_call
 from .graphs import DecodeStep, GraphKey, active_filters
 from .ops import Backend, _resolve_backend, advance_impl, sample_impl
 from .weights_key import weights_key
@@ -186,14 +185,19 @@ class GuidedGenerator:
                  ref_inputs: Mapping[str, object] | None = None, alpha: check.Param = 0.6,
                  do_sample: bool | None = None, temperature: check.Param | None = None,
                  top_k: check.Param | None = None, top_p: check.Param | None = None, min_p: check.Param | None = None,
-                 plausibility: check.Param = 0.0, max_new_tokens: int | None = None, eos_token_id=None,
+                 plausibility: check.Param = 0.0, max_new_tokens: int | None = None,
+                 min_new_tokens: int | None = None, repetition_penalty: float | None = None,
+                 num_return_sequences: int = 1, eos_token_id=None,
                  pad_token_id: int | None = None, stop_strings: str | Sequence[str] | None = None, tokenizer=None,
                  seed: int | Sequence[int] | torch.Tensor | None = None, generator: torch.Generator | None = None,
                  streamer=None, reward_tokenizer=None, ref_tokenizer=None) -> GuidedOutput:
-        """Decode like `guided_generate(base, reward, inputs, ...)` (same arguments and output)."""
+        """Decode like `guided_generate(base, reward, inputs, ...)` (same arguments and output).
+        Safe to call from several threads: calls on one generator run one at a time."""
         kwargs = dict(reward_inputs=reward_inputs, ref_inputs=ref_inputs, alpha=alpha, do_sample=do_sample,
                       temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, plausibility=plausibility,
-                      max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                      max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                      repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                       stop_strings=stop_strings, tokenizer=tokenizer, seed=seed, generator=generator, streamer=streamer,
                       reward_tokenizer=reward_tokenizer, ref_tokenizer=ref_tokenizer)
         if not self.static:
@@ -243,18 +247,20 @@ class GuidedGenerator:
         prompt = call.inputs["base"]["input_ids"].to(device=device, dtype=torch.int64)  # inputs may be on the CPU
         params = self._param_rows(call, batch)
         per_row = state.load(batch, params, call.seed, settings.eos_token_ids)
-        stops, streamer = call.stops, call.streamer
-        need_host = stops is not None or streamer is not None
+        stops, streams = call.stops, call.streams
+        need_host = stops is not None or streams.active
         sync_every = 1 if need_host else self.sync_every
-        key = GraphKey(rows, per_row, pad, vocab, self.overlap, active_filters(params))
-        if streamer is not None:
-            streamer.put(prompt.cpu())
+        runners = {role: self.runners[role] for role in call.inputs}  # the base alone at alpha 0
+        streams.start(prompt, call.inputs["base"].get("attention_mask"))
 
         start = time.perf_counter()
-        positions_before = [r.positions for r in self.runners.values()]
-        logits = [runner.prefill(call.inputs[role], max_new) for role, runner in self.runners.items()]
-        if any(r.positions is not p for r, p in zip(self.runners.values(), positions_before)):
+        positions_before = [r.positions for r in runners.values()]
+        logits = [runner.prefill(call.inputs[role], max_new) for role, runner in runners.items()]
+        if any(r.positions is not p for r, p in zip(runners.values(), positions_before)):
             state.drop_graphs()  # a position buffer was (re)made: captured addresses are stale
+        processing = state.load_processing(prompt, logits[0].shape[-1], settings)
+        key = GraphKey(rows, per_row, pad, vocab, self.overlap, active_filters(params), len(runners),
+                       processing.use_penalty, processing.use_min_new)
         _sync(device)
         prefill_s = time.perf_counter() - start
         # Capture now if this key is new (its warm-up is undone): counted in neither timing.
@@ -262,18 +268,17 @@ class GuidedGenerator:
 
         start = time.perf_counter()
         # The first token comes from the prefill logits ([B, V]): eagerly, at the real batch size.
-        state.sample_and_advance(logits, batch, per_row, pad, vocab, key.active)
+        state.sample_and_advance(logits, batch, key)
         stop_rows: set[int] = set()
         steps, since_read = 1, 0
         while True:
             since_read += 1
             if need_host:
                 host_tokens = state.feed[:batch].view(-1).cpu()
-                if streamer is not None:
-                    streamer.put(host_tokens)
+                running = (~state.before[:batch, steps - 1]).tolist()
+                streams.put(host_tokens, running)
                 if stops is not None:
-                    active = (~state.before[:batch, steps - 1]).tolist()
-                    hit = stops.update(host_tokens.tolist(), active)
+                    hit = stops.update(host_tokens.tolist(), running)
                     if hit:
                         stop_rows.update(hit)
                         state.finished[hit] = True
@@ -291,11 +296,10 @@ class GuidedGenerator:
             steps += 1
         _sync(device)
         decode_s = time.perf_counter() - start
-        if streamer is not None:
-            streamer.end()
+        streams.end()
         self.calls += 1
         self.last_bucket = rows
-        return self._output(prompt, batch, steps, stop_rows, settings, prefill_s, decode_s)
+        return self._output(prompt, batch, steps, stop_rows, call, prefill_s, decode_s)
 
     def _replay(self, key: GraphKey):
         """The captured step's replay for `key`; None (decode eagerly from here on) when the
@@ -315,24 +319,14 @@ class GuidedGenerator:
             warnings.warn(f"GuidedGenerator: {err}; decoding eagerly on the static caches from now on", stacklevel=3)
             return None
 
-    def _output(self, prompt: torch.Tensor, batch: int, steps: int, stop_rows: set[int], settings, prefill_s: float,
-                decode_s: float) -> GuidedOutput:
+    def _output(self, prompt: torch.Tensor, batch: int, steps: int, stop_rows: set[int], call: Call,
+                prefill_s: float, decode_s: float) -> GuidedOutput:
         state = self.state
         before = state.before[:batch, :steps]
-        status = state.status[:batch, :steps]
-        _raise_on_failed_rows(status, before)
-        lengths = (~before).sum(dim=1)
-        n = int(lengths.max()) if batch else 0  # the step at which an exact loop would have stopped
-        before = before[:, :n].clone()
-        new_tokens = state.tokens[:batch, :n].clone()
-        logprobs = state.logprobs[:batch, :n].masked_fill(before, 0.0)
-        rewards = state.rewards[:batch, :n].masked_fill(before, 0.0)
-        eos = torch.tensor(settings.eos_token_ids, dtype=torch.int64, device=self.device)
-        timings = Timings(prefill_s=prefill_s, decode_s=decode_s, steps=n, new_tokens=int(lengths.sum()))
-        return GuidedOutput(
-            sequences=torch.cat([prompt, new_tokens], dim=1), new_tokens=new_tokens, logprobs=logprobs,
-            token_rewards=rewards, lengths=lengths, finish_reason=_finish_reasons(new_tokens, before, eos, stop_rows),
-            timings=timings)
+        n = int((~before).sum(dim=1).max())  # the step at which an exact loop would have stopped
+        return make_output(prompt, state.tokens[:batch, :n].clone(), before[:, :n].clone(), state.logprobs[:batch, :n],
+                           state.rewards[:batch, :n], state.status[:batch, :n], stop_rows, call,
+                           {role: self.models[role] for role in call.inputs}, prefill_s, decode_s)
 
 
 # ---- the generator guided_generate reuses -----------------------------------------------------
