@@ -29,7 +29,7 @@ def raise_on_failed_rows(status: torch.Tensor, before: torch.Tensor, new_tokens:
     culprit = _nonfinite_model(models, inputs, new_tokens[:, :step], row)
     where = f"guided decoding failed for row {row} at new token {step}: {meaning}."
     if culprit:
-        raise ValueError(f"{where} {culprit}'s logits there are NaN or inf (the other models' are finite): check "
+        raise ValueError(f"{where} {culprit}'s logits there are NaN or inf: check "
                          f"{culprit} (weights, or float16 overflow: try bfloat16 or float32)")
     raise ValueError(f"{where} Check the models' logits for NaN/inf (e.g. float16 overflow: try bfloat16 or "
                      "float32) and the per-row sampling parameters")
