@@ -9,8 +9,8 @@ the penalty lowers a repeated token's base log-prob by the same amount generate 
 token reward (log p_reward - log p_ref) is unchanged by it.
 
 - repetition_penalty (generate's RepetitionPenaltyLogitsProcessor): every id present in the row
-  so far (the whole prompt, padding and image tokens included, as generate's input_ids hold them,
-  and every new token) has its logit x replaced by x / penalty (x > 0) or x * penalty (x < 0).
+  so far (the prompt after its left padding, image tokens included, as generate's input_ids
+  hold them, and every new token) has its logit x replaced by x / penalty (x > 0) or x * penalty (x < 0).
   A [rows, V] bool `presence` buffer holds the ids seen; each step scatters the fed token into it.
 - min_new_tokens (generate's MinNewTokensLengthLogitsProcessor): the EOS ids' logits are -inf
   while fewer than min_new_tokens new tokens exist. The step index is a device tensor, so the
@@ -40,13 +40,21 @@ class BaseProcessing:
         self.eos = torch.zeros(width, dtype=torch.bool, device=device)
         self.use_penalty, self.use_min_new = False, False
 
-    def load(self, prompt_ids: torch.Tensor, penalty: float, min_new: int, eos_ids: Sequence[int]) -> None:
+    def load(self, prompt_ids: torch.Tensor, mask: torch.Tensor | None, penalty: float, min_new: int,
+             eos_ids: Sequence[int]) -> None:
         """Per call, before decoding (host values may be read here): the prompt's ids [B, L]
-        (B <= rows) into presence, the penalty, min_new_tokens and the EOS ids."""
+        (B <= rows) into presence, after each row's left padding (mask [B, L] or None: its first
+        non-zero position, as generate's prompt_ignore_length), the penalty, min_new_tokens and the
+        EOS ids."""
         self.use_penalty, self.use_min_new = penalty != 1.0, min_new > 0 and bool(eos_ids)
         self.presence.zero_()
         if self.use_penalty:
             ids = prompt_ids.to(device=self.device, dtype=torch.int64).clamp(0, self.width)
+            if mask is not None:
+                mask = mask.to(self.device)
+                padding = (mask != 0).int().argmax(dim=1, keepdim=True)
+                positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+                ids = ids.masked_fill(positions < padding, self.width)  # into the unscored column
             self.presence[:ids.shape[0]].scatter_(1, ids, True)
         self.penalty.fill_(penalty)
         self.min_new.fill_(min_new)

@@ -352,7 +352,8 @@ def _decode(runners: dict[str, ModelRunner], call: Call) -> GuidedOutput:
     processing = None
     if settings.processes_base:
         processing = BaseProcessing(batch, logits[0].shape[-1], device)
-        processing.load(prompt, settings.repetition_penalty, settings.min_new_tokens, settings.eos_token_ids)
+        processing.load(prompt, base.inputs.get("attention_mask"), settings.repetition_penalty,
+                        settings.min_new_tokens, settings.eos_token_ids)
     start = time.perf_counter()
     while True:
         offset = offsets[len(samples)]

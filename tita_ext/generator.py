@@ -258,7 +258,8 @@ class GuidedGenerator:
         logits = [runner.prefill(call.inputs[role], max_new) for role, runner in runners.items()]
         if any(r.positions is not p for r, p in zip(runners.values(), positions_before)):
             state.drop_graphs()  # a position buffer was (re)made: captured addresses are stale
-        processing = state.load_processing(prompt, logits[0].shape[-1], settings)
+        processing = state.load_processing(prompt, call.inputs["base"].get("attention_mask"), logits[0].shape[-1],
+                                           settings)
         key = GraphKey(rows, per_row, pad, vocab, self.overlap, active_filters(params), len(runners),
                        processing.use_penalty, processing.use_min_new)
         _sync(device)

@@ -152,14 +152,16 @@ class DecodeStep:
         self.before[:batch].fill_(True)
         return per_row
 
-    def load_processing(self, prompt: torch.Tensor, width: int, settings) -> BaseProcessing:
+    def load_processing(self, prompt: torch.Tensor, mask: torch.Tensor | None, width: int,
+                        settings) -> BaseProcessing:
         """Set repetition_penalty / min_new_tokens for the call (DecodeSettings) on base logits
-        `width` wide; prompt int64 [B, L]. A new width makes new buffers (and drops the graphs,
+        `width` wide; prompt int64 [B, L], its attention mask or None. A new width makes new buffers (and drops the graphs,
         which hold the old ones' addresses)."""
         if self.processing is None or self.processing.width != width:
             self.processing = BaseProcessing(self.max_batch, width, self.device)
             self.drop_graphs()
-        self.processing.load(prompt, settings.repetition_penalty, settings.min_new_tokens, settings.eos_token_ids)
+        self.processing.load(prompt, mask, settings.repetition_penalty, settings.min_new_tokens,
+                             settings.eos_token_ids)
         return self.processing
 
     # ---- the step ---------------------------------------------------------------------------
