@@ -88,6 +88,12 @@ class GuidedGenerator:
             else the reference).
         vocab_size: the tokenizer's true size (ids past it are never chosen), or None; a call
             with tokenizer= uses that tokenizer's size instead.
+
+    Threads: a generator may be shared; its calls run one at a time (one lock: they all write the
+    same static caches and step buffers). For concurrent decoding give each thread its own.
+    Weights: each call checks that the models' parameters still live where the caches and graphs
+    were made for (weights_key); after model.to(...) or load_state_dict(assign=True) they are
+    rebuilt (`rebuilds` counts it).
     """
 
     def __init__(self, base_model: torch.nn.Module, reward_model: torch.nn.Module,
