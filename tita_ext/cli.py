@@ -229,8 +229,9 @@ def chat_prompt(pre: Preprocessor, prompt: str, with_image: bool) -> str:
         return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                              tokenize=False)
     if not getattr(pre.tokenizer, "chat_template", None):
-        raise CLIError("--chat: the base model's tokenizer has no chat template (chat_template in tokenizer_config.json "
-                       "or chat_template.jinja): drop --chat and write the prompt in the model's format")
+        raise CLIError("--chat: the base model's tokenizer has no chat template (chat_template in "
+                       "tokenizer_config.json or chat_template.jinja): drop --chat and write the prompt in the "
+                       "model's format")
     if with_image:
         prompt = place_image(pre, prompt)
     return pre.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,

@@ -155,8 +155,8 @@ class DecodeStep:
     def load_processing(self, prompt: torch.Tensor, mask: torch.Tensor | None, width: int,
                         settings) -> BaseProcessing:
         """Set repetition_penalty / min_new_tokens for the call (DecodeSettings) on base logits
-        `width` wide; prompt int64 [B, L], its attention mask or None. A new width makes new buffers (and drops the graphs,
-        which hold the old ones' addresses)."""
+        `width` wide; prompt int64 [B, L], its attention mask or None. A new width makes new
+        buffers (and drops the graphs, which hold the old ones' addresses)."""
         if self.processing is None or self.processing.width != width:
             self.processing = BaseProcessing(self.max_batch, width, self.device)
             self.drop_graphs()
