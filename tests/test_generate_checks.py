@@ -141,6 +141,8 @@ def test_streamer_that_is_not_one():
     with pytest.raises(TypeError, match=r"one streamer .* per row: 3 rows, got 2 entries"):
         run(p, p.inputs(), streamer=[TextStreamer(tokenizer())] * 2, base=no_forward(p.base),
             reward=no_forward(p.reward))
+    with pytest.raises(ValueError, match=r"TextStreamer streams one row but the batch has 3: pass a list of 3"):
+        run(p, p.inputs(), streamer=TextStreamer(tokenizer()), base=no_forward(p.base), reward=no_forward(p.reward))
     with pytest.raises(TypeError, match=r"entry 1 is a function"):
         run(p, p.inputs(), streamer=[TextStreamer(tokenizer()), lambda t: t, TextStreamer(tokenizer())],
             base=no_forward(p.base), reward=no_forward(p.reward))

@@ -71,7 +71,12 @@ def _is_streamer(obj: object) -> bool:
 def check_streamer(streamer: object, batch: int) -> None:
     """None, one streamer (put/end, like transformers' TextStreamer: gets the whole batch), or a
     list of `batch` streamers, one per row."""
-    if streamer is None or _is_streamer(streamer):
+    if streamer is None:
+        return
+    if _is_streamer(streamer):
+        if batch > 1 and type(streamer).__module__.startswith("transformers."):
+            raise ValueError(f"{type(streamer).__name__} streams one row but the batch has {batch}: pass a list of "
+                             f"{batch} streamers (one per row, e.g. [TextStreamer(tokenizer) for _ in range({batch})])")
         return
     if isinstance(streamer, (list, tuple)):
         bad = [i for i, s in enumerate(streamer) if not _is_streamer(s)]
