@@ -13,9 +13,7 @@ renamed over the target: a killed run leaves the previous file (or none), never 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -85,21 +83,9 @@ def check_out_path(path: str) -> None:
 
 
 def write_jsonl_atomically(path: str, records: Iterable[dict]) -> None:
-    """Write `records` as JSON lines to a temporary sibling, fsync it, rename it over `path`."""
-    target = pathlib.Path(path)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        pathlib.Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
+    """Write `records` as JSON lines, crash-safe (safe_write.atomic_file: temp sibling, fsync, rename)."""
+    from .safe_write import atomic_file
+
+    with atomic_file(path) as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
