@@ -83,7 +83,9 @@ def plot(path: str, cache: str | None, dtype: str | None = None, inputs: int | N
     fig.tight_layout()
     out = (os.path.splitext(path)[0] + (f"-{cache}" if cache else "") + (f"-{dtype}" if dtype else "")
            + (f"-{inputs}in" if inputs else "") + ".png")
-    fig.savefig(out, dpi=110)
+    from tita_ext.safe_write import atomic_file  # crash-safe: the old plot stays until the new one is whole
+    with atomic_file(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return out
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import fnmatch
-import json
 import os
 import platform
 import re
@@ -221,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         op_backend=_op_backend(device), pairs=pair_info, overhead_definition=OVERHEAD_DEFINITION,
         variants_doc=ec.__doc__.strip(), cases=results, skipped=skipped)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    from tita_ext.safe_write import write_json  # crash-safe: temp file, fsync, rename
+    write_json(out_path, result, indent=1)
     print(f"\nwrote {out_path}")
     return 0
 

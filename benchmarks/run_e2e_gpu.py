@@ -185,7 +185,9 @@ def plot(result: dict, path: str) -> str | None:
     fig.suptitle(f"{result['device_name']}: {result['new_tokens']} new tokens per row, torch {result['torch']}, "
                  f"transformers {result['transformers']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from tita_ext.safe_write import atomic_file  # crash-safe: the old plot stays until the new one is whole
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
 
@@ -269,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         measured = {(r["pair"], r["batch"], r["path"]) for r in new_rows}
         result["rows"] = [r for r in kept if (r["pair"], r["batch"], r["path"]) not in measured] + new_rows
         result["summary"] = summarize(result["rows"])
-        with open(out_path, "w") as f:
-            json.dump(result, f, indent=1)
+        from tita_ext.safe_write import write_json  # crash-safe: temp file, fsync, rename
+        write_json(out_path, result, indent=1)
 
     def emit(row, skipped, info):
         if info is not None:

@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         alpha=ALPHA, modes=MODE_PARAMS, caches=cases.prepare_caches.__doc__.strip(),
         rows=rows, ratios=ratios)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    from tita_ext.safe_write import write_json  # crash-safe: temp file, fsync, rename
+    write_json(out_path, result, indent=1)
     print(f"\nwrote {out_path}")
     return 0
 

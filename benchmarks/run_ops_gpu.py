@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if result["peak_gbps"] is None:
         result["peak_gbps"] = copy_gbps  # the plot's fraction-of-peak axis needs a figure
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    from tita_ext.safe_write import write_json  # crash-safe: temp file, fsync, rename
+    write_json(out_path, result, indent=1)
     print(f"wrote {out_path}")
     if not args.no_plot:
         try:

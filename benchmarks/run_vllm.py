@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_ops_cpu be
 
 from run_ops_cpu import _git_commit, cpu_model, machine_slug  # noqa: E402
 
+from tita_ext.safe_write import write_json  # noqa: E402
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ALPHA = 0.6
 PROMPTS = ["There", "USER: What is in the picture? ASSISTANT:", "Is there a red cube in the image?",
@@ -101,20 +103,6 @@ def guided_runner(models, args, device: torch.device):
         return int(out.lengths.sum())
 
     return run
-
-
-def write_json(path: str, result: dict) -> None:
-    """Write atomically: a temp file beside `path`, then rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=".vllm-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_s_rounds={k: [round(x, 2) for x in v] for k, v in per_round.items()},
         ratio_tita_over_base=round(median["vllm_tita"] / median["vllm_base"], 3),
         ratio_tita_over_guided_generate=round(median["vllm_tita"] / median["guided_generate"], 3))
-    write_json(out_path, result)
+    write_json(out_path, result, indent=1)  # crash-safe: a temp sibling, fsynced, renamed
     print(json.dumps(result["tokens_per_s_median"]), f"tita/base {result['ratio_tita_over_base']}, "
           f"tita/guided_generate {result['ratio_tita_over_guided_generate']}\nwrote {out_path}")
     return 0

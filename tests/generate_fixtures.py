@@ -8,6 +8,9 @@ from typing import Callable, Sequence
 
 import torch
 
+import tita_ext
+from tita_ext import generator as gen_module
+from tita_ext import graphs
 from tita_ext import tiny_models as tiny
 
 PROMPTS = ("USER: <image>\nWhat is in the picture? ASSISTANT:",
@@ -64,3 +67,39 @@ def pair(family: str) -> Pair:
 
 
 FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "llama")
+
+
+def assert_same_output(got: tita_ext.GuidedOutput, want: tita_ext.GuidedOutput) -> None:
+    """Tokens, lengths and finish reasons exactly; log-probs and rewards to fp32 rounding (the
+    static cache attends over its whole length: masked positions change the summation order)."""
+    assert torch.equal(got.sequences, want.sequences)
+    assert torch.equal(got.new_tokens, want.new_tokens)
+    assert torch.equal(got.lengths, want.lengths)
+    assert got.finish_reason == want.finish_reason
+    torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.token_rewards, want.token_rewards, atol=1e-5, rtol=0)
+    assert got.timings.steps == want.timings.steps and got.timings.new_tokens == want.timings.new_tokens
+
+
+class FakeCapture:
+    """Stands in for CUDA on the CPU: the warm-up runs the step (as on a side stream) and the
+    "capture" returns the eager step as the replay, so the generator's graph bookkeeping, the
+    warm-up's undo and the replay loop run for real."""
+
+    def __init__(self, monkeypatch, fail: bool = False):
+        self.warmups, self.captures = 0, 0
+
+        def warm_up(state, step):
+            for _ in range(graphs.WARMUP_STEPS):
+                step()
+            self.warmups += 1
+
+        def capture(state, step):
+            if fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            self.captures += 1
+            return step
+
+        monkeypatch.setattr(graphs.DecodeStep, "_warm_up", warm_up)
+        monkeypatch.setattr(graphs.DecodeStep, "_capture", capture)
+        monkeypatch.setattr(gen_module, "graphs_possible", lambda device: (True, ""))

@@ -120,7 +120,9 @@ def test_missing_folder_is_a_clean_error(folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"tita-ext: error: --base folder {missing!r} does not exist" in err and "Traceback" not in err
     assert main(["generate", "--base", folders["base"]]) == 2  # argparse: required options
-    assert "the following arguments are required: --reward, --prompt" in capsys.readouterr().err
+    assert "the following arguments are required: --reward" in capsys.readouterr().err
+    assert main(["generate", "--base", folders["base"], "--reward", folders["reward"]]) == 2
+    assert "one of the arguments --prompt --prompts is required" in capsys.readouterr().err
 
 
 def test_reward_tokenizer_that_differs_is_refused(folders, tmp_path, capsys):
@@ -179,3 +181,111 @@ def test_guided_generate_example_runs():
     rows = re.findall(r"^row (\d): .*\n +(\d+) tokens \((\w+)\), mean token reward ([+-]\d+\.\d+)$", done.stdout, re.M)
     assert [row[0] for row in rows] == ["0", "1"]
     assert all(1 <= int(row[1]) <= 12 and row[2] in ("eos", "length", "stop_string") for row in rows)
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    """`tita-ext --help` prints at once: the top level and its command list load no heavy module."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['tita-ext', '--help']\n"
+             "try:\n"
+             "    runpy.run_module('tita_ext', run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'numpy'))\n"
+             "print('HEAVY', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "train-reward" in done.stdout and "eval-pope" in done.stdout  # every command is listed
+    assert done.stdout.strip().endswith("HEAVY []"), done.stdout[-500:]
+
+
+def test_subcommand_help_still_complete(capsys):
+    for command, option in (("generate", "--prompts"), ("pairs", "--base"), ("eval-pope", "--alphas"),
+                            ("demo", "--quick")):
+        assert main([command, "--help"]) == 0
+        assert option in capsys.readouterr().out
+
+
+def write_prompts(path: pathlib.Path, lines: list) -> str:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return str(path)
+
+
+def test_prompts_file_to_jsonl_out(folders, tmp_path, capsys):
+    """--prompts in, --out JSON lines (atomic: no temporary file left), each line the same decode
+    as a --prompt run; --threads sets torch's threads."""
+    image = pathlib.Path(folders["image"])
+    shutil.copy(image, tmp_path / "red.png")
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [
+        {"prompt": DEMO_PROMPT, "image": "red.png", "id": "a"}, "", {"prompt": "What is in the picture?",
+                                                                   "image": "red.png"}])
+    out = tmp_path / "results.jsonl"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["generate", "--base", folders["base"], "--reward", folders["reward"], "--prompts", prompts,
+                     "--out", str(out), "--max-new-tokens", "4", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 3] and records[0]["id"] == "a" and "id" not in records[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl", "red.png", "results.jsonl"]
+    capsys.readouterr()
+    assert main(generate_args(folders, "--max-new-tokens", "4", "--show-rewards")) == 0
+    ids, *_ = reward_table(capsys.readouterr().out)
+    assert records[0]["new_tokens"] == ids and records[0]["prompt"] == DEMO_PROMPT
+    assert records[0]["text"] == tiny.tiny_tokenizer().decode(ids, skip_special_tokens=True)
+    # Without --out: the same JSON lines on stdout.
+    assert main(["generate", "--base", folders["base"], "--reward", folders["reward"], "--prompts", prompts,
+                 "--max-new-tokens", "4"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["new_tokens"] for r in printed] == [r["new_tokens"] for r in records]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "hi"', ], r"prompts.jsonl:1: not valid JSON"),
+    ([{"prompt": "hi"}, ["hi"]], r"prompts.jsonl:2: each line must be a JSON object .* got a list"),
+    ([{"prompt": 123}], r"prompts.jsonl:1: key \"prompt\" must be a non-empty string, got 123"),
+    ([{"prompt": "hi", "image": "missing.png"}], r"prompts.jsonl:1: key \"image\": no file .*missing.png"),
+    ([{"prompt": "hi", "answer": "x"}], r"prompts.jsonl:1: unknown key\(s\) answer"),
+    ([], r"holds no prompts"),
+])
+def test_bad_prompts_file_names_file_line_and_key(folders, tmp_path, capsys, lines, message):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", lines)
+    assert main(["generate", "--base", folders["base"], "--reward", folders["reward"], "--prompts", prompts]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, captured.err) and captured.out == ""
+
+
+def test_out_path_checked_before_any_work(folders, tmp_path, capsys):
+    args = ["generate", "--base", folders["base"], "--reward", folders["reward"], "--prompt", "hi"]
+    assert main(args + ["--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "no" / "r.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff"}\n')
+    assert main(["generate", "--base", folders["base"], "--reward", folders["reward"], "--prompts",
+                 str(tmp_path / "bad.jsonl")]) == 2
+    assert "bad.jsonl:2: not valid UTF-8" in capsys.readouterr().err
+
+
+def test_chat_template(folders, tmp_path, capsys):
+    """--chat wraps the prompt in the tokenizer's template; a tokenizer without one is a clear error."""
+    args = generate_args(folders, "--max-new-tokens", "3", "--chat")
+    args[args.index(DEMO_PROMPT)] = "What is in the picture?"
+    assert main(args) == 2
+    assert "--chat: the base model's tokenizer has no chat template" in capsys.readouterr().err
+    base = tmp_path / "base"
+    shutil.copytree(folders["base"], base)
+    # LLaVA-style: the processor's template gets [{"type": "image"}, {"type": "text", ...}] content.
+    template = ("{% for m in messages %}USER: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+                "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+                "{% endif %}{% endfor %}{% endif %} ASSISTANT:{% endfor %}")
+    (base / "chat_template.jinja").write_text(template)
+    args[args.index("--base") + 1] = str(base)
+    assert main(args + ["--show-rewards"]) == 0
+    chat_ids, *_ = reward_table(capsys.readouterr().out)
+    plain = generate_args(folders, "--max-new-tokens", "3", "--show-rewards")
+    plain[plain.index(DEMO_PROMPT)] = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+    assert main(plain) == 0
+    assert chat_ids == reward_table(capsys.readouterr().out)[0]  # the template's text, decoded the same

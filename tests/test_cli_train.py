@@ -191,10 +191,10 @@ def test_pairs_input_errors(world, tmp_path):
         pairs_error(world, tmp_path, "--labelled", data=write(bad, json.dumps({"image": image, "question": "q"})))
     bad = write(tmp_path / "noimage.jsonl", json.dumps({"image": image, "question": "q"}) + "\n"
                 + json.dumps({"image": "nowhere.png", "question": "q"}) + "\n")
-    with pytest.raises(CLIError, match=r"noimage\.jsonl:2: image .*nowhere\.png.* does not exist"):
+    with pytest.raises(ValueError, match=r"noimage\.jsonl:2: 'image': image .*nowhere\.png.* does not exist"):
         pairs_error(world, tmp_path, data=bad)
     bad = write(tmp_path / "prompt.jsonl", json.dumps({"image": image, "question": "USER: <image>\nq ASSISTANT:"}))
-    with pytest.raises(ValueError, match=r"prompt\.jsonl:1: the question holds the image placeholder '<image>'"):
+    with pytest.raises(ValueError, match=r"prompt\.jsonl:1: 'question' holds the image placeholder '<image>'"):
         pairs_error(world, tmp_path, data=bad)
     with pytest.raises(CLIError, match="holds no items"):
         pairs_error(world, tmp_path, data=write(tmp_path / "empty.jsonl", "\n"))
@@ -228,7 +228,7 @@ def test_train_reward_input_errors(world, labelled_pairs, tmp_path):
     with pytest.raises(ValueError, match=r"p3\.jsonl:1: 'chosen' must be a string"):
         row = dict(json.loads(good[0]), chosen=3)
         train(write(tmp_path / "p3.jsonl", json.dumps(row) + "\n"))
-    with pytest.raises(CLIError, match=r"p4\.jsonl:1: image .* does not exist"):
+    with pytest.raises(ValueError, match=r"p4\.jsonl:1: 'image': image .* does not exist"):
         row = dict(json.loads(good[0]), image="gone.png")
         train(write(tmp_path / "p4.jsonl", json.dumps(row) + "\n"))
     with pytest.raises(CLIError, match="holds no pairs"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from generate_fixtures import FAMILIES, pair, tokenizer
+from generate_fixtures import FAMILIES, FakeCapture, assert_same_output, pair, tokenizer
 
 import tita_ext
 from tita_ext import generator as gen_module
@@ -28,18 +28,6 @@ def make(p, **kwargs) -> tita_ext.GuidedGenerator:
     kwargs.setdefault("max_batch_size", 4)
     kwargs.setdefault("max_length", 64)
     return tita_ext.GuidedGenerator(p.base, p.reward, kwargs.pop("ref_model", None), **kwargs)
-
-
-def assert_same_output(got: tita_ext.GuidedOutput, want: tita_ext.GuidedOutput) -> None:
-    """Tokens, lengths and finish reasons exactly; log-probs and rewards to fp32 rounding (the
-    static cache attends over its whole length: masked positions change the summation order)."""
-    assert torch.equal(got.sequences, want.sequences)
-    assert torch.equal(got.new_tokens, want.new_tokens)
-    assert torch.equal(got.lengths, want.lengths)
-    assert got.finish_reason == want.finish_reason
-    torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got.token_rewards, want.token_rewards, atol=1e-5, rtol=0)
-    assert got.timings.steps == want.timings.steps and got.timings.new_tokens == want.timings.new_tokens
 
 
 @pytest.fixture(scope="module")
@@ -176,30 +164,6 @@ def test_generator_seed_reproducible_and_generator_argument():
 
 
 # ---- the captured-step machinery, with the capture replaced by the eager step ------------------
-
-class FakeCapture:
-    """Stands in for CUDA on the CPU: the warm-up runs the step (as on a side stream) and the
-    "capture" returns the eager step as the replay, so the generator's graph bookkeeping, the
-    warm-up's undo and the replay loop run for real."""
-
-    def __init__(self, monkeypatch, fail: bool = False):
-        self.warmups, self.captures = 0, 0
-
-        def warm_up(state, step):
-            for _ in range(graphs.WARMUP_STEPS):
-                step()
-            self.warmups += 1
-
-        def capture(state, step):
-            if fail:
-                raise RuntimeError("operation not permitted when stream is capturing")
-            self.captures += 1
-            return step
-
-        monkeypatch.setattr(graphs.DecodeStep, "_warm_up", warm_up)
-        monkeypatch.setattr(graphs.DecodeStep, "_capture", capture)
-        monkeypatch.setattr(gen_module, "graphs_possible", lambda device: (True, ""))
-
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llama"])
 def test_replayed_step_after_undone_warm_up_matches_eager(monkeypatch, family):
@@ -385,11 +349,14 @@ def test_models_of_two_families_with_their_own_prompt_lengths():
 
 class _NoHostReads:
     """A dispatch mode that fails on the ops that read device values on the host (.item(),
-    bool(tensor), data-dependent shapes): none may run inside a step that CUDA graphs capture.
-    (Copies to the host cannot be seen on the CPU: the GPU test checks a replay for syncs.)"""
+    bool(tensor), data-dependent shapes) or make a tensor from host data (torch.tensor(...) of
+    an int seed or a per-row list: a pageable host-to-device copy on CUDA): none may run inside a
+    step that CUDA graphs capture. (Copies to the host cannot be seen on the CPU: the GPU test
+    checks a replay for syncs.)"""
 
     HOST_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.nonzero", "aten.masked_select",
-                "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.equal")
+                "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.equal",
+                "aten.lift_fresh")
 
     def __new__(cls):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -413,7 +380,8 @@ def test_decode_step_reads_nothing_on_the_host(family, backend):
         pytest.skip("compiled module not built")
     p = pair(family)
     gen = make(p, backend=backend)
-    out = gen.generate(p.inputs(), max_new_tokens=2, do_sample=True, top_k=5, top_p=0.9, min_p=0.01,
+    # Per-row lists and seeds: turned into device tensors by DecodeStep.load, before any step.
+    out = gen.generate(p.inputs(), max_new_tokens=2, do_sample=True, top_k=5, top_p=[0.9, 0.8, 1.0], min_p=0.01,
                        plausibility=0.001, seed=[1, 2, 3])
     assert out.new_tokens.shape == (3, 2)
     key = graphs.GraphKey(rows=4, per_row_seed=True, pad_token_id=tiny.PAD_ID, vocab=-1, overlap=False)
@@ -422,6 +390,8 @@ def test_decode_step_reads_nothing_on_the_host(family, backend):
             gen.state.step(key)
         with pytest.raises(AssertionError, match="is_nonzero"), _NoHostReads():
             bool(gen.state.done)  # the watcher does catch a host read
+        with pytest.raises(AssertionError, match="lift_fresh"), _NoHostReads():
+            torch.tensor([7])  # and a tensor made from host data
 
 
 def test_environment_switch_turns_the_cached_generator_off(monkeypatch):

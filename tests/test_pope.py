@@ -138,8 +138,10 @@ def test_load_questions_reads_the_official_text_key(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"question_id": 1, "image": "a.png", "text": "Is there a cat?", "label": "Yes"}\n\n'
                     '{"image": "b.png", "question": "Is there a dog?", "label": "no"}\n')
-    assert load_questions(path) == [{"image": "a.png", "question": "Is there a cat?", "label": "yes"},
-                                    {"image": "b.png", "question": "Is there a dog?", "label": "no"}]
+    assert load_questions(path) == [{"image": "a.png", "question": "Is there a cat?", "label": "yes",
+                                     "line": f"{path}:1"},
+                                    {"image": "b.png", "question": "Is there a dog?", "label": "no",
+                                     "line": f"{path}:3"}]
     assert len(load_questions(path, limit=1)) == 1
     path.write_text('{"image": "a.png", "label": "yes"}\n')
     with pytest.raises(ValueError, match="question"):

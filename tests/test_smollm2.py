@@ -127,3 +127,17 @@ def test_tokenizer_check_accepts_the_same_tokenizer_and_rejects_another(smol):
     tita_ext.check_tokenizers(tokenizer, tokenizer)
     with pytest.raises(ValueError, match="tokenizers differ at id"):
         tita_ext.check_tokenizers(tokenizer, tiny_tokenizer())
+
+
+def test_repetition_penalty_and_text_match_generate(smol, perturbed_reward):
+    """generate's repetition_penalty on the real model: at alpha 0 the same tokens as
+    model.generate(repetition_penalty=1.3); GuidedOutput.text is the decoded new text."""
+    model, tokenizer, inputs = smol
+    with torch.inference_mode():
+        want = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS, repetition_penalty=1.3)
+    got = tita_ext.guided_generate(model, perturbed_reward, inputs, alpha=0.0, max_new_tokens=NEW_TOKENS,
+                                   repetition_penalty=1.3, tokenizer=tokenizer)
+    new = want[:, inputs["input_ids"].shape[1]:]
+    assert torch.equal(got.new_tokens, new[:, :got.new_tokens.shape[1]])
+    assert got.text == [tokenizer.decode(row[:n], skip_special_tokens=True)
+                        for row, n in zip(got.new_tokens.tolist(), got.lengths.tolist())]

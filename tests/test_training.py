@@ -285,3 +285,19 @@ def test_rpo_alpha_adds_the_chosen_answers_mean_nll(processor):
     assert result["losses"][0] == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-5)
     with pytest.raises(ValueError, match="rpo_alpha must be >= 0, got -0.1"):
         train_reward_dpo(start, processor, PAIRS, rpo_alpha=-0.1, progress=False)
+
+
+def test_a_batch_mixing_image_and_text_only_pairs_scores_each_row_as_alone(base, processor):
+    """Pairs with and without an image in one batch (a documented mix: image null): each row's
+    response log-prob equals its pair scored alone (main: KeyError 'pixel_values', or the image
+    dropped when the text-only pair came first)."""
+    text_only = PreferencePair(None, "USER: Is the sky green? ASSISTANT:", "No.", "Yes.")
+    with_image = PreferencePair(demo_image("red"), "USER: <image>\nWhat is it? ASSISTANT:", "A red cube.", "A ball.")
+    with torch.no_grad():
+        alone = {id(p): response_logprobs(base, encode_pairs(processor, [p])) for p in (text_only, with_image)}
+        for order in ([text_only, with_image], [with_image, text_only]):
+            batch = encode_pairs(processor, order)
+            assert batch["pixel_values"].shape[0] == 2  # the image pair's image, for its chosen and rejected rows
+            scores = response_logprobs(base, batch)
+            for row, pair in enumerate(order):
+                torch.testing.assert_close(scores[[row, row + 2]], alone[id(pair)])

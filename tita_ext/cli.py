@@ -1,6 +1,7 @@
 """The `tita-ext` command: guided decoding of local Hugging Face models, and a built-in demo.
 
     tita-ext generate --base DIR --reward DIR [--ref DIR] [--image FILE] --prompt TEXT [options]
+    tita-ext generate --base DIR --reward DIR --prompts FILE.jsonl [--out FILE.jsonl] [--chat] [--threads N]
     tita-ext demo [--out DIR] [--quick] [options]   (the built-in story: tita_ext/demo/cli_demo.py)
     tita-ext decode-demo [--alpha A] [--color red] [--save-demo-models DIR] [options]
     tita-ext eval-pope --base DIR --reward DIR --data DIR [--alphas ...] (tita_ext/eval/cli_pope.py)
@@ -9,30 +10,66 @@
     tita-ext                  (the demo)
 
 `main` returns the exit code (0 ok, 2 usage or input error), so the console script's
-`sys.exit(main())` works as it is.
+`sys.exit(main())` works as it is. Only the chosen command's module is imported (COMMANDS), and
+torch / transformers only when a command runs: `tita-ext --help` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-import torch
+# Nothing here imports torch or transformers at module level: `tita-ext --help` prints at once.
+# They are imported by the functions that use them.
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-from .demo import cli_demo
-from .eval import cli_pope
-from .training import cli_train
-from .vllm import cli_export
-from .generate import GuidedOutput, guided_generate
-from .prompt_inputs import Preprocessor, build_inputs, family_of, load_preprocessor
-from .setup_checks import check_tokenizers
+    from .generate import GuidedOutput
+    from .prompt_inputs import Preprocessor
 
 PROG = "tita-ext"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEMO_PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+
+
+class _Dtypes(Mapping):
+    """--dtype name -> torch dtype, resolved (importing torch) only when looked up."""
+
+    NAMES = ("float32", "bfloat16", "float16")
+
+    def __getitem__(self, name: str) -> torch.dtype:
+        if name not in self.NAMES:
+            raise KeyError(name)
+        import torch
+
+        return getattr(torch, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
+DTYPES = _Dtypes()
+
+# Every command, in the order `--help` lists them, with its one-line help; the commands of other
+# modules name the module that adds (add_parser) and runs (run) them. A module is imported only
+# for its own command, so the top-level help imports none of them.
+COMMANDS = {
+    "demo": ("tita_ext.demo.cli_demo", "the built-in story: train a base and a reward model, then POPE base vs TITA"),
+    "generate": (None, "decode with local Hugging Face model folders"),
+    "decode-demo": (None, "guided decoding with a random-weight tiny pair (seconds, no training)"),
+    "eval-pope": ("tita_ext.eval.cli_pope", "POPE evaluation: base vs TITA over a sweep of alphas"),
+    "pairs": ("tita_ext.training.cli_train", "preference pairs from the base model's own answers (clean vs noised "
+                                             "image)"),
+    "train-reward": ("tita_ext.training.cli_train", "train a reward model with DPO on preference pairs"),
+    "export-vllm": ("tita_ext.vllm.cli_export", "write a folder that vLLM serves as the TITA composite (base + "
+                                                "reward)"),
+}
 
 
 class CLIError(Exception):
@@ -55,35 +92,64 @@ def _sampling_arguments() -> argparse.ArgumentParser:
                        help="min-p cut, relative to the top token (with --do-sample)")
     group.add_argument("--plausibility", type=float, default=0.0, metavar="B",
                        help="only tokens with p_base >= B * max p_base may be chosen (default 0: off)")
+    group.add_argument("--repetition-penalty", type=float, metavar="R",
+                       help="as in generate: divide the base logits of tokens already in the text by R (1: off)")
+    group.add_argument("--min-new-tokens", type=int, metavar="N", help="no end-of-sequence before N new tokens")
     group.add_argument("--seed", type=int, metavar="S", help="random seed: the same seed gives the same text")
     group.add_argument("--stop", nargs="+", metavar="STR", help="stop once the new text contains STR")
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The `tita-ext` parser. command: the command whose module's full parser is added ("*": every
+    command; None: none, for the top-level help); the others are listed by their help line only."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="TITA guided decoding: a small reward model steers a base model token by token. "
                                "Without a command, runs the built-in demo.")
-    commands = parser.add_subparsers(dest="command", metavar="{demo,generate,decode-demo,eval-pope,pairs,train-reward,export-vllm}",
-                                     required=True)
-    sampling = _sampling_arguments()
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", required=True)
+    added: set[str] = set()
+    for name, (module, help_line) in COMMANDS.items():
+        if name in added:
+            continue
+        if module is None:
+            _OWN_PARSERS[name](commands, help_line)
+        elif command in ("*", name):
+            before = set(commands.choices)
+            importlib.import_module(module).add_parser(commands)
+            added |= set(commands.choices) - before
+        else:
+            commands.add_parser(name, help=help_line, add_help=False)
+        added.add(name)
+    return parser
 
-    gen = commands.add_parser("generate", parents=[sampling], help="decode with local Hugging Face model folders",
+
+def _add_generate(commands, help_line: str) -> None:
+    gen = commands.add_parser("generate", parents=[_sampling_arguments()], help=help_line,
                               description="Guided decoding of local Hugging Face model folders (offline).")
     gen.add_argument("--base", required=True, metavar="DIR", help="the base model's folder")
     gen.add_argument("--reward", required=True, metavar="DIR", help="the reward model's folder (same tokenizer)")
     gen.add_argument("--ref", metavar="DIR", help="a reference model's folder (default: the base model)")
-    gen.add_argument("--image", metavar="FILE", help="an image file for vision-language models")
-    gen.add_argument("--prompt", required=True, metavar="TEXT",
-                     help="the prompt, used as it is (with --image and no image placeholder, one is put first)")
+    prompts = gen.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", metavar="TEXT",
+                         help="the prompt, used as it is (with --image and no image placeholder, one is put first)")
+    prompts.add_argument("--prompts", metavar="FILE.jsonl",
+                         help='JSON lines {"prompt": text[, "image": path][, "id": ...]} (image paths relative to the '
+                              "file); results as JSON lines to --out or stdout")
+    gen.add_argument("--image", metavar="FILE", help="an image file for vision-language models (with --prompt)")
+    gen.add_argument("--chat", action="store_true",
+                     help="wrap each prompt in the base tokenizer's chat template (a user turn, then the "
+                          "assistant's start)")
+    gen.add_argument("--out", metavar="FILE.jsonl",
+                     help="write one JSON line per result here (atomically: a temporary file, then a rename)")
     gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="default 64")
     gen.add_argument("--show-rewards", action="store_true", help="print each token's logprob and reward")
     gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the models' dtype (default float32)")
     gen.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
+    gen.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (torch.set_num_threads)")
 
-    cli_demo.add_parser(commands)
-    demo = commands.add_parser("decode-demo", parents=[sampling],
-                               help="guided decoding with a random-weight tiny pair (seconds, no training)",
+
+def _add_decode_demo(commands, help_line: str) -> None:
+    demo = commands.add_parser("decode-demo", parents=[_sampling_arguments()], help=help_line,
                                description="Guided decoding with a tiny LLaVA pair built in code (random weights).")
     demo.add_argument("--prompt", default=DEMO_PROMPT, metavar="TEXT", help=f"default {DEMO_PROMPT!r}")
     demo.add_argument("--color", default="red", metavar="NAME",
@@ -92,10 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--save-demo-models", metavar="DIR",
                       help="also save the tiny models, processor and image to DIR/base, DIR/reward, DIR/demo.png")
 
-    cli_pope.add_parser(commands)
-    cli_train.add_parser(commands)
-    cli_export.add_parser(commands)
-    return parser
+
+_OWN_PARSERS = {"generate": _add_generate, "decode-demo": _add_decode_demo}
 
 
 # --------------------------------------------------------------------------- loading
@@ -115,6 +179,8 @@ def _model_type(folder: str, flag: str) -> str:
 def load_preprocessors(folders: dict[str, str]) -> dict[str, Preprocessor]:
     """Each role's processor or tokenizer, before any model is loaded (so a tokenizer mismatch
     fails in seconds)."""
+    from .prompt_inputs import family_of, load_preprocessor
+
     return {role: load_preprocessor(folder, family_of(_model_type(folder, f"--{role}")))
             for role, folder in folders.items()}
 
@@ -144,11 +210,34 @@ def load_image(path: str | None):
 def role_inputs(pre: Preprocessor, base_pre: Preprocessor, prompt: str, image) -> Any:
     """A model's inputs for the prompt. A text-only reward/reference model beside a VLM base gets
     the prompt without the image."""
+    from .prompt_inputs import build_inputs
+
     if image is not None and not pre.is_vlm and pre is not base_pre:
         if base_pre.image_token:
             prompt = prompt.replace(base_pre.image_token, "")
         image = None
     return build_inputs(pre, prompt, image)
+
+
+def chat_prompt(pre: Preprocessor, prompt: str, with_image: bool) -> str:
+    """`prompt` as one user turn in the base model's chat template, ending where the assistant's answer
+    starts (the processor's template when it has one: it places the image; else the tokenizer's,
+    with the image placeholder put in the user turn)."""
+    from .prompt_inputs import place_image
+
+    processor = pre.processor if getattr(pre.processor, "chat_template", None) else None
+    if processor is not None:
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+    if not getattr(pre.tokenizer, "chat_template", None):
+        raise CLIError("--chat: the base model's tokenizer has no chat template (chat_template in "
+                       "tokenizer_config.json or chat_template.jinja): drop --chat and write the prompt in the "
+                       "model's format")
+    if with_image:
+        prompt = place_image(pre, prompt)
+    return pre.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
 
 
 # --------------------------------------------------------------------------- decoding and printing
@@ -158,7 +247,8 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     generation_config)."""
     return dict(alpha=args.alpha, do_sample=True if args.do_sample else None, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, plausibility=args.plausibility,
-                max_new_tokens=args.max_new_tokens, seed=args.seed, stop_strings=args.stop)
+                max_new_tokens=args.max_new_tokens, seed=args.seed, stop_strings=args.stop,
+                repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens)
 
 
 def text_streamer(tokenizer):
@@ -184,25 +274,57 @@ def print_reward_table(tokenizer, out: GuidedOutput, row: int = 0) -> None:
 
 
 def decode(models: dict[str, torch.nn.Module], inputs: dict[str, Any], tokenizers: dict[str, Any],
-           args: argparse.Namespace, **overrides: Any) -> GuidedOutput:
-    """guided_generate on the models, streaming the text to stdout; returns its GuidedOutput."""
+           args: argparse.Namespace, stream: bool = True, **overrides: Any) -> GuidedOutput:
+    """guided_generate on the models (streaming the text to stdout unless stream=False); returns its
+    GuidedOutput."""
+    from .generate import guided_generate
+
     kwargs = sampling_kwargs(args)
     kwargs.update(overrides)
     out = guided_generate(
         models["base"], models["reward"], inputs["base"], reward_inputs=inputs["reward"],
         ref_model=models.get("ref"), ref_inputs=inputs.get("ref"), tokenizer=tokenizers["base"],
         reward_tokenizer=tokenizers["reward"], ref_tokenizer=tokenizers.get("ref"),
-        streamer=text_streamer(tokenizers["base"]), **kwargs)
+        streamer=text_streamer(tokenizers["base"]) if stream else None, **kwargs)
     sys.stdout.flush()
     return out
+
+
+def result_record(out: GuidedOutput, row: int, line: int, prompt: str, given_id: Any) -> dict[str, Any]:
+    """One JSON-lines result of `tita-ext generate --prompts/--out`."""
+    length = int(out.lengths[row])
+    rewards = out.token_rewards[row, :length].tolist()
+    record = {"line": line}
+    if given_id is not None:
+        record["id"] = given_id
+    record.update(prompt=prompt, text=out.text[row], new_tokens=out.new_tokens[row, :length].tolist(),
+                  finish_reason=out.finish_reason[row], mean_reward=sum(rewards) / length if length else 0.0)
+    return record
 
 
 # --------------------------------------------------------------------------- commands
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Load the folders (tokenizers checked first), build each model's inputs, decode."""
+    """Check the prompts and the output path, load the folders (tokenizers checked first), build
+    each model's inputs, decode: the text streamed, or JSON lines to --out / stdout."""
+    import json
+
+    import torch
+
+    from .cli_prompts import PromptLine, check_out_path, read_prompts, write_jsonl_atomically
+    from .setup_checks import check_tokenizers
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda was given but torch sees no CUDA device")
+    if args.prompts and args.image:
+        raise CLIError("--image goes with --prompt; with --prompts give each line's image as its \"image\" key")
+    if args.out:
+        check_out_path(args.out)
+    lines = read_prompts(args.prompts) if args.prompts else [PromptLine(0, args.prompt, args.image)]
     folders = {"base": args.base, "reward": args.reward}
     if args.ref:
         folders["ref"] = args.ref
@@ -211,13 +333,28 @@ def run_generate(args: argparse.Namespace) -> int:
     for role in folders:
         if role != "base":
             check_tokenizers(tokenizers["base"], tokenizers[role], role)
-    image = load_image(args.image)
-    inputs = {role: role_inputs(pre, pres["base"], args.prompt, image) for role, pre in pres.items()}
+    # Every prompt's inputs before any model loads: a bad image or template fails in seconds.
+    jobs = []
+    for item in lines:
+        image = load_image(item.image)
+        # The models share a tokenizer: the base's chat template gives every model's text.
+        prompt = chat_prompt(pres["base"], item.prompt, image is not None) if args.chat else item.prompt
+        jobs.append((item, {role: role_inputs(pre, pres["base"], prompt, image) for role, pre in pres.items()}))
     models = {role: load_model(folder, pres[role], DTYPES[args.dtype], args.device)
               for role, folder in folders.items()}
-    out = decode(models, inputs, tokenizers, args)
-    if args.show_rewards:
-        print_reward_table(tokenizers["base"], out)
+    structured = bool(args.prompts or args.out)
+    records = []
+    for item, inputs in jobs:
+        out = decode(models, inputs, tokenizers, args, stream=not structured)
+        if args.show_rewards and not structured:
+            print_reward_table(tokenizers["base"], out)
+        if structured:
+            records.append(result_record(out, 0, item.line, item.prompt, item.id))
+            if not args.out:
+                print(json.dumps(records[-1], ensure_ascii=False), flush=True)
+    if args.out:
+        write_jsonl_atomically(args.out, records)
+        print(f"wrote {len(records)} results to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -235,6 +372,7 @@ def save_demo_models(folder: str, models: dict[str, torch.nn.Module], processor,
 
 def run_decode_demo(args: argparse.Namespace) -> int:
     """The tiny built-in LLaVA pair: base-only text, guided text, then the reward table."""
+    from .prompt_inputs import Preprocessor, build_inputs
     from .tiny_models import demo_image, tiny_llava, tiny_llava_processor, tiny_tokenizer
 
     image = demo_image(args.color)
@@ -274,15 +412,18 @@ def _quiet_transformers() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (0 ok, 2 error). Without a command: the demo."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv) or ["demo"]
+    # The command is the first word (the top level has no options but --help): only its module's
+    # parser is built, so `tita-ext --help` imports nothing heavy.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     try:
-        args = parser.parse_args(argv if argv else ["demo"])
+        args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error argparse has printed
         return done.code if isinstance(done.code, int) else 2
     _quiet_transformers()
-    run = {"generate": run_generate, "demo": cli_demo.run, "decode-demo": run_decode_demo, "eval-pope": cli_pope.run,
-           "pairs": cli_train.run, "train-reward": cli_train.run, "export-vllm": cli_export.run}[args.command]
+    module = COMMANDS[args.command][0]
+    run = importlib.import_module(module).run if module else _OWN_RUNS[args.command]
     try:
         return run(args)
     except (CLIError, ValueError, TypeError, OSError, ImportError) as error:
@@ -292,3 +433,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+
+
+_OWN_RUNS = {"generate": run_generate, "decode-demo": run_decode_demo}

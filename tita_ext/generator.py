@@ -20,6 +20,7 @@ makes the generator decode on dynamic caches with `guided_generate`'s loop inste
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from typing import Mapping, Sequence
@@ -28,10 +29,10 @@ import torch
 
 from . import _validate as check
 from .adapters.static_cache import StaticCacheUnsupported, StaticRunner, check_static_cache_support
-from .generate import (Call, GuidedOutput, Timings, _finish_reasons, _raise_on_failed_rows, _sync, guided_generate,
-                       prepare_call)
+from .generate import Call, GuidedOutput, _sync, guided_generate, make_output, prepare_call
 from .graphs import DecodeStep, GraphKey, active_filters
 from .ops import Backend, _resolve_backend, advance_impl, sample_impl
+from .weights_key import weights_key
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
@@ -87,13 +88,19 @@ class GuidedGenerator:
             else the reference).
         vocab_size: the tokenizer's true size (ids past it are never chosen), or None; a call
             with tokenizer= uses that tokenizer's size instead.
+
+    Threads: a generator may be shared; its calls run one at a time (one lock: they all write the
+    same static caches and step buffers). For concurrent decoding give each thread its own.
+    Weights: each call checks that the models' parameters still live where the caches and graphs
+    were made for (weights_key); after model.to(...) or load_state_dict(assign=True) they are
+    rebuilt (`rebuilds` counts it).
     """
 
     def __init__(self, base_model: torch.nn.Module, reward_model: torch.nn.Module,
                  ref_model: torch.nn.Module | None = None, *, max_batch_size: int, max_length: int,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, use_cuda_graph: bool | None = None, sync_every: int = 8,
                  overlap: bool = False, backend: Backend = None, vocab_size: int | None = None):
-        from .setup_checks import check_model, check_same_device
+        from .setup_checks import check_model
 
         _check_int("max_batch_size", max_batch_size, 1)
         _check_int("max_length", max_length, 2)
@@ -111,22 +118,31 @@ class GuidedGenerator:
             self.models["ref"] = ref_model
         for role, model in self.models.items():
             check_model(role, model)
-        self.device = check_same_device(self.models)
-        self.backend = _resolve_backend(backend, self.device)
         self.vocab_size = None if vocab_size is None else check.vocab_size(vocab_size)
         self.overlap = bool(overlap)
+        self._backend_arg, self._use_cuda_graph_arg = backend, use_cuda_graph
+        # One call at a time: every call writes the same static caches and step buffers.
+        self._lock = threading.RLock()
+        self.calls = 0
+        self.rebuilds = 0  # times the static state was rebuilt because the models' weights moved
+        self.last_bucket: int | None = None
+        self.capture_s: dict[GraphKey, float] = {}  # seconds each capture took (warm-up included)
+        self._build()
 
+    def _build(self) -> None:
+        """(Re)make everything tied to the models' weights' storage: device, backend, static
+        caches, step buffers; captured graphs are dropped with the old step."""
+        from .setup_checks import check_same_device
+
+        use_cuda_graph, reward_model = self._use_cuda_graph_arg, self.models.get("reward")
+        self.device = check_same_device(self.models)
+        self.backend = _resolve_backend(self._backend_arg, self.device)
+        self.weights = weights_key(self.models)
         possible, why = graphs_possible(self.device)
-        self.static, self.fallback_reason = True, ""
-        try:
-            for role, model in self.models.items():
-                try:
-                    check_static_cache_support(model)
-                except StaticCacheUnsupported as err:
-                    raise StaticCacheUnsupported(f"{role}_model: {err}") from None
-        except StaticCacheUnsupported as err:
-            self.static, self.fallback_reason = False, str(err)
-            possible, why = False, f"no static cache ({err})"
+        self.fallback_reason = static_cache_problem(self.models)
+        self.static = not self.fallback_reason
+        if not self.static:
+            possible, why = False, f"no static cache ({self.fallback_reason})"
         if reward_model is None and not self.static:
             raise ValueError(f"reward_model=None (the base model alone) needs a static cache: {self.fallback_reason}")
         if use_cuda_graph and not possible:
@@ -140,12 +156,17 @@ class GuidedGenerator:
         if self.static:
             rows = self.buckets[-1]
             with torch.inference_mode():
-                self.runners = {role: StaticRunner(model, rows, max_length) for role, model in self.models.items()}
+                self.runners = {role: StaticRunner(model, rows, self.max_length) for role, model in self.models.items()}
                 self.state = DecodeStep(list(self.runners.values()), sample_impl(self.backend),
-                                        advance_impl(self.backend, self.device), history=max(max_length, 4))
-        self.calls = 0
-        self.last_bucket: int | None = None
-        self.capture_s: dict[GraphKey, float] = {}  # seconds each capture took (warm-up included)
+                                        advance_impl(self.backend, self.device), history=max(self.max_length, 4))
+
+    def _rebuild_if_weights_moved(self) -> None:
+        """After `model.to(...)` or `load_state_dict(assign=True)` the captured graphs and static
+        caches address freed weights: rebuild them (checked per call, a pointer walk)."""
+        if weights_key(self.models) != self.weights:
+            self.runners, self.state = {}, None  # free the old caches before allocating new ones
+            self.rebuilds += 1
+            self._build()
 
     def __repr__(self) -> str:
         mode = ("cuda graphs" if self.use_cuda_graph else f"eager ({self.why_eager})") if self.static else \
@@ -170,14 +191,19 @@ class GuidedGenerator:
                  ref_inputs: Mapping[str, object] | None = None, alpha: check.Param = 0.6,
                  do_sample: bool | None = None, temperature: check.Param | None = None,
                  top_k: check.Param | None = None, top_p: check.Param | None = None, min_p: check.Param | None = None,
-                 plausibility: check.Param = 0.0, max_new_tokens: int | None = None, eos_token_id=None,
+                 plausibility: check.Param = 0.0, max_new_tokens: int | None = None,
+                 min_new_tokens: int | None = None, repetition_penalty: float | None = None,
+                 num_return_sequences: int = 1, eos_token_id=None,
                  pad_token_id: int | None = None, stop_strings: str | Sequence[str] | None = None, tokenizer=None,
                  seed: int | Sequence[int] | torch.Tensor | None = None, generator: torch.Generator | None = None,
                  streamer=None, reward_tokenizer=None, ref_tokenizer=None) -> GuidedOutput:
-        """Decode like `guided_generate(base, reward, inputs, ...)` (same arguments and output)."""
+        """Decode like `guided_generate(base, reward, inputs, ...)` (same arguments and output).
+        Safe to call from several threads: calls on one generator run one at a time."""
         kwargs = dict(reward_inputs=reward_inputs, ref_inputs=ref_inputs, alpha=alpha, do_sample=do_sample,
                       temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, plausibility=plausibility,
-                      max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                      max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                      repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                       stop_strings=stop_strings, tokenizer=tokenizer, seed=seed, generator=generator, streamer=streamer,
                       reward_tokenizer=reward_tokenizer, ref_tokenizer=ref_tokenizer)
         if not self.static:
@@ -186,9 +212,15 @@ class GuidedGenerator:
         return self.run(prepare_call(self.models, inputs, backend=self.backend, **kwargs))
 
     def run(self, call: Call) -> GuidedOutput:
-        """Decode a checked call (generate.prepare_call for these models)."""
+        """Decode a checked call (generate.prepare_call for these models). Calls from several
+        threads are serialised (one lock per generator)."""
         if not self.static:
             raise ValueError(f"this GuidedGenerator decodes on dynamic caches ({self.fallback_reason}); use generate()")
+        with self._lock:
+            self._rebuild_if_weights_moved()
+            return self._run_locked(call)
+
+    def _run_locked(self, call: Call) -> GuidedOutput:
         batch = call.batch
         rows = self.bucket_for(batch)
         for role, model_inputs in call.inputs.items():
@@ -221,18 +253,21 @@ class GuidedGenerator:
         prompt = call.inputs["base"]["input_ids"].to(device=device, dtype=torch.int64)  # inputs may be on the CPU
         params = self._param_rows(call, batch)
         per_row = state.load(batch, params, call.seed, settings.eos_token_ids)
-        stops, streamer = call.stops, call.streamer
-        need_host = stops is not None or streamer is not None
+        stops, streams = call.stops, call.streams
+        need_host = stops is not None or streams.active
         sync_every = 1 if need_host else self.sync_every
-        key = GraphKey(rows, per_row, pad, vocab, self.overlap, active_filters(params))
-        if streamer is not None:
-            streamer.put(prompt.cpu())
+        runners = {role: self.runners[role] for role in call.inputs}  # the base alone at alpha 0
+        streams.start(prompt, call.inputs["base"].get("attention_mask"))
 
         start = time.perf_counter()
-        positions_before = [r.positions for r in self.runners.values()]
-        logits = [runner.prefill(call.inputs[role], max_new) for role, runner in self.runners.items()]
-        if any(r.positions is not p for r, p in zip(self.runners.values(), positions_before)):
+        positions_before = [r.positions for r in runners.values()]
+        logits = [runner.prefill(call.inputs[role], max_new) for role, runner in runners.items()]
+        if any(r.positions is not p for r, p in zip(runners.values(), positions_before)):
             state.drop_graphs()  # a position buffer was (re)made: captured addresses are stale
+        processing = state.load_processing(prompt, call.inputs["base"].get("attention_mask"), logits[0].shape[-1],
+                                           settings)
+        key = GraphKey(rows, per_row, pad, vocab, self.overlap, active_filters(params), len(runners),
+                       processing.use_penalty, processing.use_min_new)
         _sync(device)
         prefill_s = time.perf_counter() - start
         # Capture now if this key is new (its warm-up is undone): counted in neither timing.
@@ -240,18 +275,17 @@ class GuidedGenerator:
 
         start = time.perf_counter()
         # The first token comes from the prefill logits ([B, V]): eagerly, at the real batch size.
-        state.sample_and_advance(logits, batch, per_row, pad, vocab, key.active)
+        state.sample_and_advance(logits, batch, key)
         stop_rows: set[int] = set()
         steps, since_read = 1, 0
         while True:
             since_read += 1
             if need_host:
                 host_tokens = state.feed[:batch].view(-1).cpu()
-                if streamer is not None:
-                    streamer.put(host_tokens)
+                running = (~state.before[:batch, steps - 1]).tolist()
+                streams.put(host_tokens, running)
                 if stops is not None:
-                    active = (~state.before[:batch, steps - 1]).tolist()
-                    hit = stops.update(host_tokens.tolist(), active)
+                    hit = stops.update(host_tokens.tolist(), running)
                     if hit:
                         stop_rows.update(hit)
                         state.finished[hit] = True
@@ -269,11 +303,10 @@ class GuidedGenerator:
             steps += 1
         _sync(device)
         decode_s = time.perf_counter() - start
-        if streamer is not None:
-            streamer.end()
+        streams.end()
         self.calls += 1
         self.last_bucket = rows
-        return self._output(prompt, batch, steps, stop_rows, settings, prefill_s, decode_s)
+        return self._output(prompt, batch, steps, stop_rows, call, prefill_s, decode_s)
 
     def _replay(self, key: GraphKey):
         """The captured step's replay for `key`; None (decode eagerly from here on) when the
@@ -293,24 +326,14 @@ class GuidedGenerator:
             warnings.warn(f"GuidedGenerator: {err}; decoding eagerly on the static caches from now on", stacklevel=3)
             return None
 
-    def _output(self, prompt: torch.Tensor, batch: int, steps: int, stop_rows: set[int], settings, prefill_s: float,
-                decode_s: float) -> GuidedOutput:
+    def _output(self, prompt: torch.Tensor, batch: int, steps: int, stop_rows: set[int], call: Call,
+                prefill_s: float, decode_s: float) -> GuidedOutput:
         state = self.state
         before = state.before[:batch, :steps]
-        status = state.status[:batch, :steps]
-        _raise_on_failed_rows(status, before)
-        lengths = (~before).sum(dim=1)
-        n = int(lengths.max()) if batch else 0  # the step at which an exact loop would have stopped
-        before = before[:, :n].clone()
-        new_tokens = state.tokens[:batch, :n].clone()
-        logprobs = state.logprobs[:batch, :n].masked_fill(before, 0.0)
-        rewards = state.rewards[:batch, :n].masked_fill(before, 0.0)
-        eos = torch.tensor(settings.eos_token_ids, dtype=torch.int64, device=self.device)
-        timings = Timings(prefill_s=prefill_s, decode_s=decode_s, steps=n, new_tokens=int(lengths.sum()))
-        return GuidedOutput(
-            sequences=torch.cat([prompt, new_tokens], dim=1), new_tokens=new_tokens, logprobs=logprobs,
-            token_rewards=rewards, lengths=lengths, finish_reason=_finish_reasons(new_tokens, before, eos, stop_rows),
-            timings=timings)
+        n = int((~before).sum(dim=1).max())  # the step at which an exact loop would have stopped
+        return make_output(prompt, state.tokens[:batch, :n].clone(), before[:, :n].clone(), state.logprobs[:batch, :n],
+                           state.rewards[:batch, :n], state.status[:batch, :n], stop_rows, call,
+                           {role: self.models[role] for role in call.inputs}, prefill_s, decode_s)
 
 
 # ---- the generator guided_generate reuses -----------------------------------------------------
@@ -319,9 +342,13 @@ _LENGTH_STEP = 256  # a cached generator's max_length is rounded up to a multipl
 _cache: dict[str, object] = {}  # "entry": (backend, GuidedGenerator); the generator holds its models
 
 
+_cache_lock = threading.Lock()
+
+
 def clear_generator_cache() -> None:
     """Drop the GuidedGenerator that guided_generate keeps (its static KV caches and graphs)."""
-    _cache.clear()
+    with _cache_lock:
+        _cache.clear()
 
 
 def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend: Backend,
@@ -338,35 +365,42 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
         return None  # the switch that keeps guided_generate on its eager loop everywhere
     resolved = _resolve_backend(backend, call.device)
     possible, why = graphs_possible(call.device)
-    if possible:
-        try:
-            for role, model in models.items():
-                try:
-                    check_static_cache_support(model)
-                except StaticCacheUnsupported as err:
-                    raise StaticCacheUnsupported(f"{role}_model: {err}") from None
-        except StaticCacheUnsupported as err:
-            possible, why = False, f"no static cache ({err})"
+    problem = static_cache_problem(models) if possible else ""
+    if problem:
+        possible, why = False, f"no static cache ({problem})"
     if not possible:
         if use_cuda_graph:
             raise ValueError(f"use_cuda_graph=True but the decode step cannot be captured: {why}")
         return None
     length = max(inputs["input_ids"].shape[1] for inputs in call.inputs.values()) + call.settings.max_new_tokens
-    entry = _cache.get("entry")
-    batch = call.batch
-    if entry is not None:
-        entry_backend, gen = entry
-        mine = list(gen.models.values())
-        same = len(mine) == len(models) and all(a is b for a, b in zip(mine, models.values()))
-        if same and entry_backend == resolved and gen.max_batch_size >= call.batch and gen.max_length >= length:
-            return gen
-        if same:  # grow: keep what the earlier calls needed too
-            batch, length = max(batch, gen.max_batch_size), max(length, gen.max_length)
-        _cache.clear()  # free the old caches before allocating new ones
-        del gen, entry, mine
-    batch = next((b for b in DEFAULT_BUCKETS if b >= batch), batch)
-    length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
-    gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
-                          max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
-    _cache["entry"] = (resolved, gen)
-    return gen
+    with _cache_lock:  # threads see one entry; each generator serialises its own calls
+        entry = _cache.get("entry")
+        batch = call.batch
+        if entry is not None:
+            entry_backend, gen = entry
+            mine = list(gen.models.values())
+            same = len(mine) == len(models) and all(a is b for a, b in zip(mine, models.values()))
+            # Weights that moved (model.to, load_state_dict(assign=True)) need new caches and graphs.
+            fits = same and entry_backend == resolved and gen.weights == weights_key(models)
+            if fits and gen.max_batch_size >= call.batch and gen.max_length >= length:
+                return gen
+            if same:  # grow: keep what the earlier calls needed too
+                batch, length = max(batch, gen.max_batch_size), max(length, gen.max_length)
+            _cache.clear()  # free the old caches before allocating new ones (a running call keeps its own)
+            del gen, entry, mine
+        batch = next((b for b in DEFAULT_BUCKETS if b >= batch), batch)
+        length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
+        gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
+                              max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
+        _cache["entry"] = (resolved, gen)
+        return gen
+
+
+def static_cache_problem(models: Mapping[str, torch.nn.Module]) -> str:
+    """Why some model cannot decode on a static cache ("role_model: ..."), or "" when all can."""
+    for role, model in models.items():
+        try:
+            check_static_cache_support(model)
+        except StaticCacheUnsupported as err:
+            return f"{role}_model: {err}"
+    return ""

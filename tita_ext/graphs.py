@@ -30,6 +30,7 @@ import torch
 
 from . import reference
 from .adapters.static_cache import StaticRunner
+from .base_processing import BaseProcessing, guided_logits
 from .step_sampler import DEFAULTS
 
 # Per-row parameter buffers: name -> (dtype, value of padding rows: greedy, every filter off).
@@ -63,6 +64,9 @@ class GraphKey:
     # are read from their per-row buffers; the others are passed off (as scalars), so a greedy
     # unfiltered call costs no more than it does eagerly. alpha is always per row.
     active: tuple[bool, bool, bool, bool, bool] = (True, True, True, True, True)
+    roles: int = 0  # how many runners (base first) the step runs: 1 for an alpha-0 call; 0: all
+    penalty: bool = False  # repetition_penalty on the base logits (base_processing.py)
+    min_new: bool = False  # EOS held back while fewer than min_new_tokens
 
 
 # Parameters that can be off for a whole call, and their "off" test.
@@ -112,6 +116,7 @@ class DecodeStep:
         self.rewards = torch.zeros(rows, history, dtype=torch.float32, device=device)
         self.status = torch.zeros(rows, history, dtype=torch.int32, device=device)
         self.before = torch.ones(rows, history, dtype=torch.bool, device=device)
+        self.processing: BaseProcessing | None = None  # made at the first call that needs its width
         self.graphs: dict[GraphKey, object] = {}  # key -> replay function
         self._captured: list = []  # the CUDAGraph objects (kept alive with their pool)
         self._pool = None
@@ -147,20 +152,33 @@ class DecodeStep:
         self.before[:batch].fill_(True)
         return per_row
 
+    def load_processing(self, prompt: torch.Tensor, mask: torch.Tensor | None, width: int,
+                        settings) -> BaseProcessing:
+        """Set repetition_penalty / min_new_tokens for the call (DecodeSettings) on base logits
+        `width` wide; prompt int64 [B, L], its attention mask or None. A new width makes new
+        buffers (and drops the graphs, which hold the old ones' addresses)."""
+        if self.processing is None or self.processing.width != width:
+            self.processing = BaseProcessing(self.max_batch, width, self.device)
+            self.drop_graphs()
+        self.processing.load(prompt, mask, settings.repetition_penalty, settings.min_new_tokens,
+                             settings.eos_token_ids)
+        return self.processing
+
     # ---- the step ---------------------------------------------------------------------------
 
-    def sample_and_advance(self, logits: Sequence[torch.Tensor], rows: int, per_row_seed: bool, pad: int,
-                           vocab: int, active: Sequence[bool]) -> None:
+    def sample_and_advance(self, logits: Sequence[torch.Tensor], rows: int, key: GraphKey) -> None:
         """The fused op on the step's logits ([rows, V] each), the bookkeeping, the history."""
-        seed = self.seed_rows[:rows] if per_row_seed else self.seed_one
-        ref = logits[2] if len(logits) > 2 else None
+        seed = self.seed_rows[:rows] if key.per_row_seed else self.seed_one
         args = [DEFAULTS["alpha"], self.params["alpha"][:rows]]
-        for name, on in zip(OPTIONAL, active):
+        for name, on in zip(OPTIONAL, key.active):
             args += [DEFAULTS[name], self.params[name][:rows]] if on else [PARAM_BUFFERS[name][1], None]
-        other = logits[1] if len(logits) > 1 else logits[0]  # a base model alone: its logits in both slots
-        tokens, logprob, reward, status = self.sample_op(logits[0], other, ref, *args, seed, self.offset, vocab)
+        processing = self.processing if key.penalty or key.min_new else None
+        base, other, ref = guided_logits(logits, processing, self.step_index)
+        tokens, logprob, reward, status = self.sample_op(base, other, ref, *args, seed, self.offset, key.vocab)
         finished = self.finished[:rows]
-        record, feed, after, done = self.advance_op(tokens, finished, self.stop_ids, pad)
+        record, feed, after, done = self.advance_op(tokens, finished, self.stop_ids, key.pad_token_id)
+        if processing is not None:
+            processing.record(feed)
         index = self.step_index
         self.before[:rows].index_copy_(1, index, finished.unsqueeze(1))
         self.tokens[:rows].index_copy_(1, index, record.unsqueeze(1))
@@ -173,27 +191,28 @@ class DecodeStep:
         self.offset.add_(1)
         self.step_index.add_(1)
 
-    def forwards(self, rows: int, overlap: bool) -> list[torch.Tensor]:
-        """Every model's forward on the fed tokens. With overlap (CUDA), the models after the
-        base run on a second stream, forked from and joined back into the current one."""
+    def forwards(self, rows: int, overlap: bool, roles: int = 0) -> list[torch.Tensor]:
+        """The forward of the first `roles` models (0: all) on the fed tokens. With overlap
+        (CUDA), the models after the base run on a second stream, forked from and joined back into
+        the current one."""
         feed = self.feed[:rows]
-        if not (overlap and self.device.type == "cuda" and len(self.runners) > 1):
-            return [runner.step(feed) for runner in self.runners]
+        runners = self.runners[:roles] if roles else self.runners
+        if not (overlap and self.device.type == "cuda" and len(runners) > 1):
+            return [runner.step(feed) for runner in runners]
         main = torch.cuda.current_stream(self.device)
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(self.device)
         side = self._side_stream
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            others = [runner.step(feed) for runner in self.runners[1:]]
-        base = self.runners[0].step(feed)
+            others = [runner.step(feed) for runner in runners[1:]]
+        base = runners[0].step(feed)
         main.wait_stream(side)
         return [base, *others]
 
     def step(self, key: GraphKey) -> None:
         """One decode step, eagerly (the captured graph's body)."""
-        logits = self.forwards(key.rows, key.overlap)
-        self.sample_and_advance(logits, key.rows, key.per_row_seed, key.pad_token_id, key.vocab, key.active)
+        self.sample_and_advance(self.forwards(key.rows, key.overlap, key.roles), key.rows, key)
 
     # ---- CUDA graphs ------------------------------------------------------------------------
 
@@ -204,6 +223,8 @@ class DecodeStep:
             state.extend(layer.cumulative_length for layer in runner.cache.layers)
             if runner.positions is not None:
                 state.append(runner.positions)
+        if self.processing is not None:
+            state.append(self.processing.presence)
         return [(t, t.clone()) for t in state]
 
     def graph(self, key: GraphKey):

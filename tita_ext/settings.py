@@ -3,7 +3,8 @@ taken from the base model's `generation_config`, as `generate` does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Sequence, Union
 
 import torch
@@ -28,10 +29,26 @@ class DecodeSettings:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     stop_strings: tuple[str, ...]
+    do_sample: bool = False
+    repetition_penalty: float = 1.0  # 1.0: off
+    min_new_tokens: int = 0  # 0: off
 
     def sampling_params(self) -> dict[str, check.Param]:
-        return {name: getattr(self, name) for name in
-                ("alpha", "temperature", "top_k", "top_p", "min_p", "plausibility")}
+        return {name: getattr(self, name) for name in SAMPLING}
+
+    @property
+    def processes_base(self) -> bool:
+        """Whether the base logits are changed before the op (repetition penalty, EOS held back)."""
+        return self.repetition_penalty != 1.0 or self.min_new_tokens > 0
+
+    def expanded(self, batch: int, copies: int) -> "DecodeSettings":
+        """Per-prompt lists/tensors of the sampling parameters repeated per returned sequence."""
+        from .expand import expand_rows
+
+        return replace(self, **{name: expand_rows(getattr(self, name), batch, copies) for name in SAMPLING})
+
+
+SAMPLING = ("alpha", "temperature", "top_k", "top_p", "min_p", "plausibility")
 
 
 def _pick(given, configured, fallback):
@@ -56,7 +73,8 @@ def resolve_settings(generation_config, prompt_length: int, *, alpha: check.Para
                      temperature: check.Param | None, top_k: check.Param | None, top_p: check.Param | None,
                      min_p: check.Param | None, plausibility: check.Param, max_new_tokens: int | None,
                      eos_token_id: IdList, pad_token_id: int | None,
-                     stop_strings: str | Sequence[str] | None) -> DecodeSettings:
+                     stop_strings: str | Sequence[str] | None, repetition_penalty: float | None = None,
+                     min_new_tokens: int | None = None) -> DecodeSettings:
     """Fill the unset arguments from `generation_config` (a transformers GenerationConfig)."""
     gen = generation_config
     sample = bool(_pick(do_sample, getattr(gen, "do_sample", None), False))
@@ -86,6 +104,17 @@ def resolve_settings(generation_config, prompt_length: int, *, alpha: check.Para
     stop_strings = tuple(stop_strings or ())
     if not all(isinstance(s, str) and s for s in stop_strings):
         raise ValueError(f"stop_strings must be non-empty strings, got {stop_strings!r}")
+    penalty = _pick(repetition_penalty, getattr(gen, "repetition_penalty", None), 1.0)
+    if isinstance(penalty, int) and not isinstance(penalty, bool):
+        penalty = float(penalty)
+    if not isinstance(penalty, float) or not math.isfinite(penalty) or penalty <= 0:
+        raise ValueError(f"repetition_penalty must be a number > 0 (1.0: off; generate's meaning: the logits of "
+                         f"tokens already in the sequence are divided by it, or multiplied when negative), got "
+                         f"{penalty!r}; it is one value for the batch, as in generate")
+    min_new = _pick(min_new_tokens, getattr(gen, "min_new_tokens", None), 0)
+    if not isinstance(min_new, int) or isinstance(min_new, bool) or min_new < 0:
+        raise ValueError(f"min_new_tokens must be an int >= 0, got {min_new!r}")
     return DecodeSettings(alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                           plausibility=plausibility, max_new_tokens=max_new_tokens, eos_token_ids=eos,
-                          pad_token_id=pad, stop_strings=stop_strings)
+                          pad_token_id=pad, stop_strings=stop_strings, do_sample=sample,
+                          repetition_penalty=penalty, min_new_tokens=min_new)

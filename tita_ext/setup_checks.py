@@ -78,6 +78,8 @@ def check_inputs(role: str, model: torch.nn.Module, inputs: object, batch: int |
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"{role}_inputs['input_ids'] must be an integer tensor [batch, prompt_length], got {shape}; "
                          "call the tokenizer with return_tensors='pt'")
+    if ids.shape[0] == 0:
+        raise ValueError(f"{role}_inputs has no rows (a batch of 0 prompts): give at least one prompt")
     if ids.shape[1] == 0:
         raise ValueError(f"{role}_inputs has an empty prompt: give at least one token per row")
     mask = inputs.get("attention_mask")

@@ -96,6 +96,51 @@ def split_files(data: str, splits: list[str]) -> dict[str, pathlib.Path]:
     return files
 
 
+def check_outputs(out: str | None, plot: str | None, say: bool = True) -> None:
+    """--out and --plot are files that can be written (before any work); an existing --out is
+    only replaced when the run finishes, which is said now (when `say`: rank 0)."""
+    from ..cli import CLIError
+    from ..safe_write import check_output_path
+
+    for flag, path in (("--out", out), ("--plot", plot)):
+        if path:
+            check_output_path(path, "file", flag)
+    if out and plot and pathlib.Path(out).resolve() == pathlib.Path(plot).resolve():
+        raise CLIError(f"--out and --plot are the same file {out!r}: give two paths")
+    if say and out and pathlib.Path(out).is_file():
+        print(f"note: --out {out} exists; it is replaced when this run finishes (its 'finished' time says "
+              "which run wrote it)", flush=True)
+
+
+def finished_now() -> str:
+    """The current UTC time, ISO 8601 to the second: when the results were written."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """What the results were computed from (the folders, the question files and the settings),
+    stored beside them so an older results file is told apart from this run's."""
+    return {"base": args.base, "reward": args.reward, "data": args.data, "images": args.images,
+            "splits": list(args.splits), "limit": args.limit, "dtype": args.dtype}
+
+
+def check_lengths(pre, folders: tuple[str, str], template: str, questions: dict[str, list[dict]],
+                  images: str, max_new_tokens: int) -> None:
+    """Every question's prompt, with its image and the new tokens, must fit both models' maximum
+    positions: checked from the tokenizer and the configs before the models load."""
+    from ..prompt_lengths import check_prompt_lengths, image_tokens, smallest_limit
+    from .run_pope import _load_image, make_prompt
+
+    limit, folder = smallest_limit(folders)
+    first = next(iter(questions.values()))[0]
+    prompt = make_prompt(template, first["question"], pre)
+    extra = max_new_tokens + image_tokens(pre, prompt, _load_image(pathlib.Path(images), first["image"]))
+    prompts = [(q["line"], make_prompt(template, q["question"], pre)) for items in questions.values() for q in items]
+    check_prompt_lengths(pre.tokenizer, prompts, limit, extra, "the prompt with its 'question'", folder)
+
+
 def pick_device(choice: str, shard) -> "torch.device":
     """--device as a torch device for this rank (`Shard.device` for auto and cuda)."""
     import torch
@@ -175,9 +220,13 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--template may hold only the field {{question}} (double other braces): {error!r}") from None
     if "{question}" not in template:
         raise CLIError("--template must hold {question}")
-    questions = {split: load_questions(path, args.limit) for split, path in split_files(args.data, args.splits).items()}
+    check_outputs(args.out, args.plot, say=shard.is_main)
+    images = args.images or args.data
+    questions = {split: load_questions(path, args.limit, images)
+                 for split, path in split_files(args.data, args.splits).items()}
     pres = load_preprocessors({"base": args.base, "reward": args.reward})
     check_tokenizers(pres["base"].tokenizer, pres["reward"].tokenizer, "reward")
+    check_lengths(pres["base"], (args.base, args.reward), template, questions, images, args.max_new_tokens)
     if device_map is not None:
         base = load_base_device_map(args.base, pres["base"], DTYPES[args.dtype], device_map, shard)
         device = model_device(base)  # where its inputs go and its logits come back
@@ -196,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         close_process_group()
     if shard.is_main:
         print(format_table(results))
-        write_results(results, args.out, args.plot)
+        write_results(dict(results, finished=finished_now(), inputs=run_inputs(args)), args.out, args.plot)
         ranks = f" over {shard.world_size} processes" if shard.distributed else ""
         written = " and ".join(path for path in (args.out, args.plot) if path)
         print(f"wrote {written} ({results['seconds']:.1f} s{ranks})")

@@ -15,10 +15,9 @@ process's; only rank 0 draws progress bars. The caller writes files on `Shard.is
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -39,25 +38,46 @@ Question = Mapping[str, Any]
 
 # --------------------------------------------------------------------------- questions and inputs
 
-def load_questions(path: str | pathlib.Path, limit: int | None = None) -> list[dict[str, str]]:
-    """A POPE JSON-lines file as [{"image", "question", "label"}] (the first `limit` lines)."""
-    questions = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if limit is not None and len(questions) >= limit:
-                break
-            if not line.strip():
-                continue
-            questions.append(as_question(json.loads(line), f"{path}:{number}"))
+QUESTION_KEYS = "keys image, question (or text), label"
+
+
+def load_questions(path: str | pathlib.Path, limit: int | None = None,
+                   image_folder: str | pathlib.Path | None = None) -> list[dict[str, str]]:
+    """A POPE JSON-lines file as [{"image", "question", "label", "line"}] (the first `limit` lines;
+    "line" is "FILE:LINE", for messages). With
+    `image_folder`, every image is checked to exist there (before any model runs). Errors name
+    the file, the line and the key; a file without questions is an error."""
+    from ..jsonl import image_file, read_json_lines
+
+    questions, checked = [], set()
+    for where, record in read_json_lines(path, QUESTION_KEYS):
+        if limit is not None and len(questions) >= limit:
+            break
+        question = as_question(record, where)
+        if image_folder is not None and question["image"] not in checked:  # POPE asks ~18 questions an image
+            image_file(pathlib.Path(image_folder), question["image"], where)
+            checked.add(question["image"])
+        questions.append(dict(question, line=where))
+    if not questions:
+        raise ValueError(f"{path} holds no questions ({QUESTION_KEYS}, one JSON object a line)")
     return questions
 
 
 def as_question(record: Question, where: str = "a question") -> dict[str, str]:
-    """{"image", "question", "label"} from a POPE record ("text" read as "question", label normalised)."""
-    question = record.get("question", record.get("text"))
-    if "image" not in record or question is None or "label" not in record:
-        raise ValueError(f"{where}: a POPE record needs the keys image, question (or text) and label")
-    return {"image": str(record["image"]), "question": str(question), "label": normalize_label(record["label"])}
+    """{"image", "question", "label"} from a POPE record ("text" read as "question", label
+    normalised); a ValueError naming `where` and the key for a missing key or a value that is
+    not a string."""
+    from ..jsonl import InputFileError, json_type, string_field
+
+    if not isinstance(record, Mapping):
+        raise InputFileError(f"{where}: expected a JSON object with {QUESTION_KEYS}, got {json_type(record)}")
+    key = "question" if "question" in record or "text" not in record else "text"
+    values = {name: string_field(dict(record), name, where, QUESTION_KEYS) for name in ("image", key, "label")}
+    try:
+        label = normalize_label(values["label"])
+    except ValueError as error:
+        raise InputFileError(f"{where}: 'label': {error}") from None
+    return {"image": values["image"], "question": values[key], "label": label}
 
 
 def as_preprocessor(processor: Any, base: torch.nn.Module) -> Preprocessor:
@@ -121,6 +141,22 @@ def _load_image(folder: pathlib.Path, name: str):
 def _batches(items: Sequence[Question], size: int) -> Iterable[Sequence[Question]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _split_questions(split: str, records: Sequence[Question] | str | pathlib.Path,
+                     folder: pathlib.Path) -> list[dict[str, str]]:
+    """A split's questions from a file or records, every image checked to exist in `folder`."""
+    from ..jsonl import image_file
+
+    if isinstance(records, (str, pathlib.Path)):
+        return load_questions(records, image_folder=folder)
+    items = [as_question(record, f"{split} question {number}") for number, record in enumerate(records)]
+    first: dict[str, int] = {}  # each image checked once, named by its first question
+    for number, question in enumerate(items):
+        first.setdefault(question["image"], number)
+    for image, number in first.items():
+        image_file(folder, image, f"{split} question {number}")
+    return items
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -195,11 +231,8 @@ def evaluate_pope(base: torch.nn.Module, reward: torch.nn.Module, processor: Any
     shard = detect_shard() if shard is None else shard
     started = time.perf_counter()
     results: dict[str, Any] = {"splits": {}}
-    for split, records in questions.items():
-        if isinstance(records, (str, pathlib.Path)):
-            items = load_questions(records)
-        else:
-            items = [as_question(r, f"{split} question {i}") for i, r in enumerate(records)]
+    splits = {split: _split_questions(split, records, folder) for split, records in questions.items()}
+    for split, items in splits.items():
         split_start = time.perf_counter()
         mine = shard_questions(items, shard)
         answers: dict[float, list[str]] = {alpha: [] for alpha in runs}
@@ -259,8 +292,9 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_f1(results: Mapping[str, Any], png_path: str | pathlib.Path) -> None:
-    """F1 against alpha, one line per split; the base is the point at alpha 0."""
+def plot_f1(results: Mapping[str, Any], png_path: str | pathlib.Path | IO[bytes]) -> None:
+    """F1 against alpha, one line per split; the base is the point at alpha 0 (a PNG, to a path
+    or a binary file)."""
     from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
 
     fig = Figure(figsize=(5.5, 3.8), dpi=120)
@@ -276,18 +310,19 @@ def plot_f1(results: Mapping[str, Any], png_path: str | pathlib.Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path)
+    fig.savefig(png_path, format="png")
 
 
 def write_results(results: Mapping[str, Any], json_path: str | pathlib.Path | None,
                   png_path: str | pathlib.Path | None) -> None:
     """The results as JSON (alpha keys as strings) and the F1-against-alpha plot as a PNG
-    (needs matplotlib); either path may be None (or empty) to skip it. Parent folders are created."""
+    (needs matplotlib); either path may be None (or empty) to skip it. Parent folders are created.
+    Both are written crash-safe (`tita_ext.safe_write`): a file is the old one or the new one,
+    never part of one."""
+    from ..safe_write import atomic_file, write_json
+
+    if png_path:  # the plot first: the JSON, written last, is the run's completion mark
+        with atomic_file(png_path, "wb") as png:
+            plot_f1(results, png)
     if json_path is not None:
-        path = pathlib.Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_json_ready(results), indent=2) + "\n", encoding="utf-8")
-    if png_path:
-        path = pathlib.Path(png_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plot_f1(results, path)
+        write_json(json_path, _json_ready(results))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import pathlib
@@ -133,36 +132,11 @@ def _input_file(path: str, flag: str) -> pathlib.Path:
     return file
 
 
-def _json_lines(file: pathlib.Path, what: str):
-    """(line number, dict) for each non-blank line; a ValueError naming the file and line otherwise."""
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{file}:{number}: not valid JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{file}:{number}: expected a JSON object ({what}), got {type(record).__name__}")
-            yield number, record
-
-
-def _string_field(record: dict, key: str, file: pathlib.Path, number: int, what: str) -> str:
-    if key not in record:
-        raise ValueError(f"{file}:{number}: missing key {key!r} ({what})")
-    value = record[key]
-    if not isinstance(value, str):
-        raise ValueError(f"{file}:{number}: {key!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _image_path(root: pathlib.Path, name: str, file: pathlib.Path, number: int) -> pathlib.Path:
-    path = pathlib.Path(name)
-    path = path if path.is_absolute() else root / path
-    if not path.is_file():
-        raise _cli_error(f"{file}:{number}: image {str(path)!r} does not exist")
-    return path
+def _image_root(file: pathlib.Path, images: str | None) -> pathlib.Path:
+    """--images, else the input file's folder: where relative image paths start."""
+    if images and not pathlib.Path(images).is_dir():
+        raise _cli_error(f"--images folder {images!r} does not exist")
+    return pathlib.Path(images) if images else file.parent
 
 
 def _processor_of(pre, flag: str, folder: str):
@@ -174,36 +148,49 @@ def _processor_of(pre, flag: str, folder: str):
     return pre.processor if pre.is_vlm else pre.tokenizer
 
 
+def _check_lengths(pre, folder: str, prompts: list[tuple[str, str]], image: str | None, what: str,
+                   extra: int) -> None:
+    """Every ("FILE:LINE", text) with one image (the first item's, measured once) and `extra`
+    more tokens must fit the model's maximum positions: checked before the model loads."""
+    from ..prompt_lengths import check_prompt_lengths, image_tokens, max_positions
+    from .pairs import load_image
+
+    if not prompts:
+        return
+    picture = load_image(image) if image is not None and pre.is_vlm else None
+    extra += image_tokens(pre, prompts[0][1], picture)
+    check_prompt_lengths(pre.tokenizer, prompts, max_positions(folder), extra, what, folder)
+
+
 # --------------------------------------------------------------------------- pairs
 
 
 def read_items(data: str, images: str | None, labelled: bool, limit: int | None,
-               image_token: str | None = None) -> list[tuple]:
-    """(absolute image path, question[, answer]) per data line (the first `limit`), images checked;
-    a question holding `image_token` is refused (the template places the image)."""
+               image_token: str | None = None) -> tuple[list[tuple], list[str]]:
+    """(absolute image path, question[, answer]) per data line (the first `limit`), images checked,
+    and each item's "FILE:LINE"; a question holding `image_token` is refused (the template places
+    the image)."""
+    from ..jsonl import InputFileError, image_file, read_json_lines, string_field
+
     file = _input_file(data, "--data")
-    root = pathlib.Path(images) if images else file.parent
-    if images and not root.is_dir():
-        raise _cli_error(f"--images folder {images!r} does not exist")
+    root = _image_root(file, images)
     what = "keys image, question" + (", answer" if labelled else "")
-    items = []
-    for number, record in _json_lines(file, what):
+    items, lines = [], []
+    for where, record in read_json_lines(file, what):
         if limit is not None and len(items) >= limit:
             break
-        image = _image_path(root, _string_field(record, "image", file, number, what), file, number).resolve()
-        question = _string_field(record, "question", file, number, what)
+        image = image_file(root, string_field(record, "image", where, what), where).resolve()
+        question = string_field(record, "question", where, what)
         if image_token and image_token in question:
-            raise ValueError(f"{file}:{number}: the question holds the image placeholder {image_token!r}: give the "
-                             "bare question (--template places the image and the question)")
-        if labelled:
-            if "answer" not in record:
-                raise ValueError(f"{file}:{number}: missing key 'answer' (--labelled needs an answer per line)")
-            items.append((str(image), question, str(record["answer"])))
-        else:
-            items.append((str(image), question))
+            raise InputFileError(f"{where}: 'question' holds the image placeholder {image_token!r}: give the bare "
+                                 "question (--template places the image and the question)")
+        answer = (string_field(record, "answer", where, what + " (--labelled needs an answer per line)"),) \
+            if labelled else ()
+        items.append((str(image), question, *answer))
+        lines.append(where)
     if not items:
         raise _cli_error(f"--data file {data!r} holds no items")
-    return items
+    return items, lines
 
 
 def _relative_to(path: str, folder: pathlib.Path) -> str:
@@ -219,6 +206,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     write the kept pairs, print kept / dropped counts."""
     from ..cli import DTYPES, load_model, load_preprocessors
     from ..prompt_inputs import place_image
+    from ..safe_write import check_output_path
     from .pairs import build_pairs, write_pairs
 
     _check_positive(batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
@@ -234,21 +222,21 @@ def run_pairs(args: argparse.Namespace) -> int:
             from None
     if "{question}" not in template:
         raise _cli_error("--template must hold {question}")
+    out = check_output_path(args.out, "file", "--out")
     pre = load_preprocessors({"base": args.base})["base"]
     if not pre.is_vlm:
         raise _cli_error(f"--base folder {args.base!r} holds a text-only model ({pre.family}): pairs are built from "
                          "images, give a vision-language model")
     processor = _processor_of(pre, "--base", args.base)
-    items = read_items(args.data, args.images, args.labelled, args.limit, pre.image_token)
+    items, lines = read_items(args.data, args.images, args.labelled, args.limit, pre.image_token)
     template = place_image(pre, template)
+    prompts = [(where, template.format(question=item[1])) for where, item in zip(lines, items)]
+    _check_lengths(pre, args.base, prompts, items[0][0], "the prompt with its 'question'", args.max_new_tokens)
     base = load_model(args.base, pre, DTYPES[args.dtype], args.device)
     pairs = build_pairs(base, processor, items, step=args.step, steps=args.steps, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size, prompt_template=template, labelled=args.labelled,
                         seed=args.seed, progress=not args.no_progress)
 
-    out = pathlib.Path(args.out)
-    if out.parent != pathlib.Path(""):
-        out.parent.mkdir(parents=True, exist_ok=True)
     folder = out.resolve().parent
     written = write_pairs(out, [PreferencePair(_relative_to(p.image, folder), p.prompt, p.chosen, p.rejected)
                                 for p in pairs])
@@ -261,34 +249,34 @@ def run_pairs(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train-reward
 
 
-def read_training_pairs(path: str, images: str | None, is_vlm: bool) -> list[PreferencePair]:
+def read_training_pairs(path: str, images: str | None, is_vlm: bool) -> tuple[list[PreferencePair], list[str]]:
     """The pairs of a pairs file, with absolute image paths (checked), each field checked with its
-    line number. For a text-only model the images are dropped and the image placeholders taken out
-    of the prompts (the prompt it sees beside a VLM base at generation time)."""
+    line number, and each pair's "FILE:LINE". For a text-only model the images are dropped and the
+    image placeholders taken out of the prompts (the prompt it sees beside a VLM base at
+    generation time). A pair's image may be null (a text-only pair, also beside image pairs)."""
+    from ..jsonl import InputFileError, image_file, read_json_lines, string_field
+
     file = _input_file(path, "--pairs")
-    root = pathlib.Path(images) if images else file.parent
-    if images and not pathlib.Path(images).is_dir():
-        raise _cli_error(f"--images folder {images!r} does not exist")
+    root = _image_root(file, images)
     what = "keys image, prompt, chosen, rejected"
-    pairs = []
-    for number, record in _json_lines(file, what):
-        prompt, chosen, rejected = (_string_field(record, key, file, number, what)
-                                    for key in ("prompt", "chosen", "rejected"))
-        image = record.get("image")
-        if image is not None and not isinstance(image, str):
-            raise ValueError(f"{file}:{number}: 'image' must be a path string or null, got {type(image).__name__}")
+    pairs, lines = [], []
+    for where, record in read_json_lines(file, what):
+        prompt, chosen, rejected = (string_field(record, key, where, what) for key in ("prompt", "chosen", "rejected"))
+        image = string_field(record, "image", where, what + "; image may be null", optional=True)
         if not is_vlm:
             for token in IMAGE_PLACEHOLDERS:
                 prompt = prompt.replace(token, "")
             image = None
         elif image is not None:
-            image = str(_image_path(root, image, file, number))
-        if not chosen.strip() or not rejected.strip():
-            raise ValueError(f"{file}:{number}: empty chosen or rejected answer")
+            image = str(image_file(root, image, where))
+        for key, answer in (("chosen", chosen), ("rejected", rejected)):
+            if not answer.strip():
+                raise InputFileError(f"{where}: {key!r} is empty: a pair needs two answers")
         pairs.append(PreferencePair(image, prompt, chosen, rejected))
+        lines.append(where)
     if not pairs:
         raise _cli_error(f"--pairs file {path!r} holds no pairs")
-    return pairs
+    return pairs, lines
 
 
 def lora_targets(model) -> list[str]:
@@ -335,6 +323,7 @@ def run_train_reward(args: argparse.Namespace) -> int:
     import torch
 
     from ..cli import DTYPES, load_model, load_preprocessors
+    from ..safe_write import MANIFEST, check_output_path
     from .dpo import save_reward_model, train_reward_dpo
 
     _check_positive(epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps, lora=args.lora)
@@ -350,10 +339,15 @@ def run_train_reward(args: argparse.Namespace) -> int:
             raise _cli_error(f"--lora needs peft, which is not installed: {INSTALL_HINT}") from None
     if pathlib.Path(args.out).resolve() == pathlib.Path(args.init).resolve():
         raise _cli_error("--out must differ from --init (the starting model would be overwritten)")
+    # A non-empty --out is replaced only when it holds a saved model (a typo must not wipe a folder).
+    check_output_path(args.out, "folder", "--out", may_replace=("config.json", MANIFEST))
 
     pre = load_preprocessors({"init": args.init})["init"]
     processor = _processor_of(pre, "--init", args.init)
-    pairs = read_training_pairs(args.pairs, args.images, pre.is_vlm)
+    pairs, lines = read_training_pairs(args.pairs, args.images, pre.is_vlm)
+    texts = [(where, f"{p.prompt} {max(p.chosen, p.rejected, key=len)}") for where, p in zip(lines, pairs)]
+    first_image = next((p.image for p in pairs if p.image is not None), None)
+    _check_lengths(pre, args.init, texts, first_image, "the prompt with its longer answer", 1)
     torch.manual_seed(args.seed)
     model = load_model(args.init, pre, DTYPES[args.dtype], args.device)
     reference = copy.deepcopy(model)

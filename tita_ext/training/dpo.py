@@ -76,17 +76,23 @@ def collate_rows(rows: Sequence[dict], pad_token_id: int) -> dict:
     mask / per-token ids with 0, labels with IGNORE_INDEX; image tensors (pixel_values,
     image_sizes, image_grid_thw, ...) are concatenated along dim 0.
 
+    Rows with and without an image mix: the image tensors hold the image rows' images in row
+    order (each image's placeholder tokens sit in its own row, which is how the model pairs them),
+    and a per-token key some rows lack is 0 there.
+
     Right padding keeps every row's real tokens at positions 0..n-1, which is what a plain forward
     (no position_ids) assumes."""
     width = max(row["input_ids"].shape[1] for row in rows)
     fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
     batch = {}
-    for key in rows[0]:
-        values = [row[key] for row in rows]
+    for key in dict.fromkeys(key for row in rows for key in row):  # every row's keys, in order
         if key in ("input_ids", "attention_mask", "labels") or key in _TOKEN_KEYS:
-            batch[key] = torch.stack([F.pad(v[0], (0, width - v.shape[1]), value=fill.get(key, 0)) for v in values])
-        elif isinstance(values[0], torch.Tensor):
-            batch[key] = torch.cat(values, dim=0)
+            values = [row[key][0] if key in row else torch.zeros_like(row["input_ids"][0]) for row in rows]
+            batch[key] = torch.stack([F.pad(v, (0, width - len(v)), value=fill.get(key, 0)) for v in values])
+        else:
+            values = [row[key] for row in rows if isinstance(row.get(key), torch.Tensor)]
+            if values:
+                batch[key] = torch.cat(values, dim=0)
     return batch
 
 
@@ -219,8 +225,14 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
 
 def save_reward_model(model, processor, folder: str | os.PathLike) -> str:
     """Save a Hugging Face model folder (weights, config, generation config, processor or
-    tokenizer) that `from_pretrained` / `guided_generate`'s loaders read back. Returns the folder."""
-    os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    tokenizer) that `from_pretrained` / `guided_generate`'s loaders read back. Returns the folder.
+
+    Crash-safe (`tita_ext.safe_write.atomic_folder`): the folder is written beside `folder` and
+    replaces it whole once complete, with a manifest of its files; an interrupted save leaves any
+    previous folder as it was (and no mix of old and new files)."""
+    from ..safe_write import atomic_folder
+
+    with atomic_folder(folder) as partial:
+        model.save_pretrained(partial)
+        processor.save_pretrained(partial)
     return str(folder)

@@ -173,9 +173,14 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair | dict],
 
     An image given as a path is written as that path. An in-memory image that came from a file
     (PIL's `filename`) is written as that file's path; any other in-memory image is saved as PNG
-    under `image_dir` (required then) and written as that file's path."""
+    under `image_dir` (required then) and written as that file's path. Every file is written
+    crash-safe (`tita_ext.safe_write`): an interrupted call leaves any previous pairs file whole."""
+    from ..safe_write import atomic_file, clean_stale
+
+    if image_dir is not None:
+        clean_stale(image_dir)  # once, not per image
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for i, pair in enumerate(pairs):
             pair = _as_pair(pair)
             image = pair.image
@@ -186,9 +191,9 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair | dict],
                     raise ValueError(f"pair {i} holds an in-memory image: pass image_dir= to save it, or give "
                                      "build_pairs image paths")
                 else:
-                    os.makedirs(image_dir, exist_ok=True)
                     file = Path(image_dir) / f"pair-{i:06d}.png"
-                    image.save(file)
+                    with atomic_file(file, "wb", clean=False) as png:
+                        image.save(png, format="PNG")
                     image = str(file)
             record = {"image": None if image is None else str(image), "prompt": pair.prompt,
                       "chosen": pair.chosen, "rejected": pair.rejected}
@@ -198,17 +203,14 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair | dict],
 
 
 def read_pairs(path: str | os.PathLike) -> list[PreferencePair]:
-    """Pairs from a JSON-lines file written by `write_pairs` (blank lines skipped)."""
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(_as_pair(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: not a preference pair ({err})") from err
-    return pairs
+    """Pairs from a JSON-lines file written by `write_pairs` (blank lines skipped); a ValueError
+    naming the file, the line and the key for anything else."""
+    from ..jsonl import read_json_lines, string_field
+
+    what = "keys image, prompt, chosen, rejected"
+    return [PreferencePair(string_field(record, "image", where, what, optional=True),
+                           *(string_field(record, key, where, what) for key in ("prompt", "chosen", "rejected")))
+            for where, record in read_json_lines(path, what)]
 
 
 def _as_pair(pair: PreferencePair | dict) -> PreferencePair:

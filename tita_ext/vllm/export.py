@@ -9,9 +9,9 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
+from ..safe_write import atomic_folder
 from ..setup_checks import check_tokenizers, text_tokenizer
 from .layout import ARCHITECTURE, CONFIG_KEY, TitaSpec, check_alpha
 
@@ -92,11 +92,10 @@ def _write(folders: dict[str, pathlib.Path], configs: dict[str, dict], base_toke
 
 
 def _default_permissions(folder: pathlib.Path) -> None:
-    """mkdtemp and safetensors create owner-only entries: give the folder and its files the
-    permissions a plain mkdir / open would (the process umask)."""
+    """safetensors creates owner-only files: give them the permissions a plain open would (the
+    process umask)."""
     umask = os.umask(0)
     os.umask(umask)
-    folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
 
@@ -107,8 +106,8 @@ def export_vllm(base: str | pathlib.Path, reward: str | pathlib.Path, out: str |
 
     The tokenizers must agree over their shared range (the check and message of guided_generate);
     every problem is reported before anything is written. The folder appears complete or not at
-    all: it is written to a temporary folder beside `out` and renamed. An existing `out` is
-    replaced only with overwrite=True."""
+    all (tita_ext.safe_write.atomic_folder: a hidden sibling, fsynced, renamed; with a manifest of
+    every file's sha256). An existing `out` is replaced only with overwrite=True."""
     from transformers import AutoTokenizer
 
     alpha = check_alpha(alpha, "--alpha")
@@ -129,19 +128,7 @@ def export_vllm(base: str | pathlib.Path, reward: str | pathlib.Path, out: str |
     limit = min([len(tokenizers["base"])] + [c["vocab_size"] for c in configs.values()])
     spec = TitaSpec(alpha=alpha, vocab_limit=limit, towers=configs)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out) as partial:  # replaces an old `out` only once the new one is complete
         _write(folders, configs, tokenizers["base"], spec, partial)
         _default_permissions(partial)
-        if out.exists():  # overwrite: move the old folder aside, then swap
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            partial.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out
