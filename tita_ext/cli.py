@@ -67,6 +67,8 @@ COMMANDS = {
     "pairs": ("tita_ext.training.cli_train", "preference pairs from the base model's own answers (clean vs noised "
                                              "image)"),
     "train-reward": ("tita_ext.training.cli_train", "train a reward model with DPO on preference pairs"),
+    "export-vllm": ("tita_ext.vllm.cli_export", "write a folder that vLLM serves as the TITA composite (base + "
+                                                "reward)"),
 }
 
 
