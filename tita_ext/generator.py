@@ -121,7 +121,7 @@ class GuidedGenerator:
         try:
             for role, model in self.models.items():
                 try:
-                    check_static_cache_support(model)
+                    check_static_cache_support(model, max_length)
                 except StaticCacheUnsupported as err:
                     raise StaticCacheUnsupported(f"{role}_model: {err}") from None
         except StaticCacheUnsupported as err:
@@ -338,11 +338,12 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
         return None  # the switch that keeps guided_generate on its eager loop everywhere
     resolved = _resolve_backend(backend, call.device)
     possible, why = graphs_possible(call.device)
+    length = max(inputs["input_ids"].shape[1] for inputs in call.inputs.values()) + call.settings.max_new_tokens
     if possible:
         try:
             for role, model in models.items():
                 try:
-                    check_static_cache_support(model)
+                    check_static_cache_support(model, length)
                 except StaticCacheUnsupported as err:
                     raise StaticCacheUnsupported(f"{role}_model: {err}") from None
         except StaticCacheUnsupported as err:
@@ -351,7 +352,6 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
         if use_cuda_graph:
             raise ValueError(f"use_cuda_graph=True but the decode step cannot be captured: {why}")
         return None
-    length = max(inputs["input_ids"].shape[1] for inputs in call.inputs.values()) + call.settings.max_new_tokens
     entry = _cache.get("entry")
     batch = call.batch
     if entry is not None:
@@ -368,5 +368,7 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
     length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
     gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
                           max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
+    if not gen.static:  # the rounded-up length is past a sliding window: the eager loop decodes it
+        return None
     _cache["entry"] = (resolved, gen)
     return gen
