@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .runner import _forward_parameters, cache_argument
+
 # Inputs that must accompany the pixels, per config model_type: what the processor returns and
 # the forward needs to place the image features (every other image family needs the pixels only).
 _COMPANIONS: dict[str, tuple[str, ...]] = {
@@ -42,16 +44,9 @@ class Family:
         return bool(self.image_inputs)
 
 
-def forward_parameters(model: torch.nn.Module) -> frozenset[str]:
-    """The names the model's forward takes."""
-    from .runner import _forward_parameters
-
-    return _forward_parameters(type(model))
-
-
 def pixel_inputs(model: torch.nn.Module) -> tuple[str, ...]:
     """The forward's image-pixel parameters (pixel_values, pixel_values_images, ...; videos excluded)."""
-    return tuple(sorted(name for name in forward_parameters(model)
+    return tuple(sorted(name for name in _forward_parameters(type(model))
                         if name.startswith("pixel_values") and "video" not in name))
 
 
@@ -93,10 +88,8 @@ def check_guidable(role: str, model: torch.nn.Module) -> None:
     """Raise ValueError naming the model and why, for a model guided decoding cannot drive: an
     encoder-decoder, a model without a language-model head, a tokenizer-free model (no
     input_ids), a model whose forward takes no KV cache."""
-    from .runner import cache_argument
-
     name = f"{role}_model ({type(model).__name__}, model_type {getattr(model.config, 'model_type', '?')!r})"
-    params = forward_parameters(model)
+    params = _forward_parameters(type(model))
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(f"{name} is an encoder-decoder model: guided decoding drives decoder-only models, whose "
                          "prompt and answer share one token stream and one KV cache. Use a decoder-only "
