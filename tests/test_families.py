@@ -210,3 +210,25 @@ def test_cli_generate_takes_the_family(family, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "new tokens, mean reward" in captured.out
+
+
+def test_cache_keyword_is_found_by_its_annotation():
+    from transformers.cache_utils import Cache
+
+    from tita_ext.adapters import cache_argument
+
+    class Renamed(torch.nn.Module):
+        def forward(self, input_ids, kv_state: Cache | None = None, use_cache: bool | None = None): ...
+
+    class Unannotated(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None): ...
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None): ...
+
+    assert cache_argument(Renamed) == "kv_state"
+    assert cache_argument(Unannotated) == "past_key_values"
+    assert cache_argument(NoCache) is None
+    import transformers
+    expected = "cache" if tuple(map(int, transformers.__version__.split(".")[:2])) >= (5, 24) else "past_key_values"
+    assert cache_argument(type(models("llama")[0])) == expected

@@ -44,14 +44,15 @@ def cache_argument(model_class: type) -> str | None:
 
     Found by what the parameter holds (its annotation is a transformers Cache), not by its name:
     transformers renamed it (`past_key_values` up to 5.23, `cache` from 5.24). Without such an
-    annotation, the first of transformers' own generation cache names that the forward takes."""
+    annotation, the first of transformers' own generation cache names (then the two it has used)
+    that the forward takes."""
     parameters = inspect.signature(model_class.forward).parameters
     for name, parameter in parameters.items():
         if parameter.annotation is not inspect.Parameter.empty and _is_cache_annotation(parameter.annotation):
             return name
     from transformers.generation import utils as generation
 
-    names = getattr(generation, "ALL_CACHE_NAMES", ("cache", "past_key_values"))
+    names = (*getattr(generation, "ALL_CACHE_NAMES", ()), "cache", "past_key_values")
     return next((name for name in names if name in parameters), None)
 
 
