@@ -88,7 +88,8 @@ def check_static_cache_support(model: torch.nn.Module, max_length: int | None = 
         windows = [layer.max_cache_len for layer in layers if type(layer) is StaticSlidingWindowLayer]
         if windows and min(windows) < max_length:  # a layer's max_cache_len is min(window, max_length)
             raise StaticCacheUnsupported(
-                f"{name} has sliding-window layers of {min(windows)} positions, fewer than max_length={max_length}: "
+                f"{name} has sliding-window layers (StaticSlidingWindowLayer) of {min(windows)} positions, fewer than "
+                f"max_length={max_length}: "
                 "a static sliding window that wraps around cannot be replayed from a CUDA graph. Use max_length <= "
                 f"{min(windows)} for static caches")
 
