@@ -139,7 +139,7 @@ class GuidedGenerator:
         self.backend = _resolve_backend(self._backend_arg, self.device)
         self.weights = weights_key(self.models)
         possible, why = graphs_possible(self.device)
-        self.fallback_reason = static_cache_problem(self.models)
+        self.fallback_reason = static_cache_problem(self.models, self.max_length)
         self.static = not self.fallback_reason
         if not self.static:
             possible, why = False, f"no static cache ({self.fallback_reason})"
@@ -365,14 +365,14 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
         return None  # the switch that keeps guided_generate on its eager loop everywhere
     resolved = _resolve_backend(backend, call.device)
     possible, why = graphs_possible(call.device)
-    problem = static_cache_problem(models) if possible else ""
+    length = max(inputs["input_ids"].shape[1] for inputs in call.inputs.values()) + call.settings.max_new_tokens
+    problem = static_cache_problem(models, length) if possible else ""
     if problem:
         possible, why = False, f"no static cache ({problem})"
     if not possible:
         if use_cuda_graph:
             raise ValueError(f"use_cuda_graph=True but the decode step cannot be captured: {why}")
         return None
-    length = max(inputs["input_ids"].shape[1] for inputs in call.inputs.values()) + call.settings.max_new_tokens
     with _cache_lock:  # threads see one entry; each generator serialises its own calls
         entry = _cache.get("entry")
         batch = call.batch
@@ -392,15 +392,18 @@ def cached_generator(models: Mapping[str, torch.nn.Module], call: Call, backend:
         length = -(-length // _LENGTH_STEP) * _LENGTH_STEP
         gen = GuidedGenerator(models["base"], models["reward"], models.get("ref"), max_batch_size=batch,
                               max_length=length, use_cuda_graph=use_cuda_graph, backend=resolved)
+        if not gen.static:  # the rounded-up length is past a sliding window: the eager loop decodes it
+            return None
         _cache["entry"] = (resolved, gen)
         return gen
 
 
-def static_cache_problem(models: Mapping[str, torch.nn.Module]) -> str:
-    """Why some model cannot decode on a static cache ("role_model: ..."), or "" when all can."""
+def static_cache_problem(models: Mapping[str, torch.nn.Module], max_length: int) -> str:
+    """Why some model cannot decode on a static cache of `max_length` positions ("role_model: ..."),
+    or "" when all can."""
     for role, model in models.items():
         try:
-            check_static_cache_support(model)
+            check_static_cache_support(model, max_length)
         except StaticCacheUnsupported as err:
             return f"{role}_model: {err}"
     return ""

@@ -1,14 +1,18 @@
-"""Model inputs for one prompt (and at most one image), for each supported model family.
+"""Model inputs for one prompt (and at most one image), for every model family.
 
-`Preprocessor` holds what a model folder brings to turn text and an image into model inputs: a
-LLaVA processor, a Qwen2-VL / Qwen2.5-VL processor, or, when that processor cannot be loaded
-(its video processor needs torchvision), the tokenizer and the PIL image processor; or a plain
-tokenizer for a text-only causal LM. `build_inputs` then gives what the model's own processor
-would return, ready for `guided_generate`.
+`Preprocessor` holds what a model folder brings to turn text and an image into model inputs: the
+model's processor (loaded with `AutoProcessor`; without torchvision, the processors of families
+that also take videos are rebuilt for images and text: `images_only_processor`), or for
+Qwen2-VL / Qwen2.5-VL folders without a processor the tokenizer and the PIL image processor; or a
+plain tokenizer for a text-only causal LM. `build_inputs` then gives what the model's own
+processor would return, ready for `guided_generate`.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import pathlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +20,16 @@ import torch
 
 from .adapters import family_for
 
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # folders that may hold a tokenizer + image processor only
 
 
 @dataclass(frozen=True)
 class Preprocessor:
     """What turns a prompt and an image into one model's inputs.
 
-    family: "llava", "qwen2_vl", "qwen2_5_vl" or "causal_lm" (the config's model_type).
+    family: the config's model_type ("llava", "qwen3_vl", "gemma3", "llama", ...).
     tokenizer: the text tokenizer.
-    processor: the model's processor (LLaVA, Qwen2-VL), or None.
+    processor: the model's processor, or None.
     image_processor: for Qwen2-VL without a processor: the image processor used with `tokenizer`.
     """
 
@@ -50,7 +54,7 @@ class Preprocessor:
 
 
 def family_of(model_type: str) -> str:
-    """The family of a config's model_type: a supported VLM, or "causal_lm" for anything else."""
+    """The family name of a config's model_type (the model_type itself; "causal_lm" when empty)."""
     return family_for(model_type).name
 
 
@@ -58,14 +62,16 @@ def load_preprocessor(folder: str, family: str) -> Preprocessor:
     """Load a local folder's processor or tokenizer, offline (local_files_only)."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    if family == "causal_lm":
+    if not family_for(family).is_vlm:
         return Preprocessor(family, AutoTokenizer.from_pretrained(folder, local_files_only=True))
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-    except ImportError:
-        if family not in QWEN_FAMILIES:
-            raise
-        processor = None  # Qwen2VLProcessor's video processor needs torchvision; images do not
+    except (ImportError, ValueError, TypeError, AttributeError) as error:
+        # Without torchvision a video processor cannot load: rebuild the processor without it.
+        processor = _images_only_from_folder(folder, family)
+        if processor is None and family not in QWEN_FAMILIES:
+            raise ValueError(f"{folder!r} holds a {family} model whose processor cannot be loaded ({error}); "
+                             "installing torchvision may help") from None
     if hasattr(processor, "tokenizer"):
         return Preprocessor(family, processor.tokenizer, processor=processor)
     if family in QWEN_FAMILIES:
@@ -84,11 +90,34 @@ def load_preprocessor(folder: str, family: str) -> Preprocessor:
                      "too (processor.save_pretrained(folder))")
 
 
+def _images_only_from_folder(folder: str, family: str):
+    """The family's processor class (transformers' own mapping), made from the folder's tokenizer
+    and image processor without a video processor, with the folder's processor settings; None
+    when that cannot be done either."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
+
+    name = PROCESSOR_MAPPING_NAMES.get(family)
+    config_file = pathlib.Path(folder) / "processor_config.json"
+    settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    try:
+        processor_class = processor_class_from_name(settings.get("processor_class") or name)
+        accepted = inspect.signature(processor_class.__init__).parameters
+        extra = {key: value for key, value in settings.items()
+                 if key in accepted and key not in ("image_processor", "tokenizer", "video_processor")}
+        return images_only_processor(processor_class, tokenizer=AutoTokenizer.from_pretrained(folder, local_files_only=True),
+                                     image_processor=AutoImageProcessor.from_pretrained(folder, local_files_only=True),
+                                     **extra)
+    except (ImportError, ValueError, TypeError, AttributeError, OSError):
+        return None
+
+
 def place_image(pre: Preprocessor, prompt: str) -> str:
-    """The prompt with the model's image placeholder: inserted at the start when missing; for
-    Qwen2-VL wrapped in vision start/end tokens when the prompt does not have them."""
+    """The prompt with the model's image placeholder: inserted at the start when missing; for the
+    Qwen-VL families (their processor has vision start/end tokens) wrapped in them when the prompt
+    does not have them."""
     token = pre.image_token
-    if pre.family in QWEN_FAMILIES:
+    if pre.family in QWEN_FAMILIES or hasattr(pre.processor, "vision_start_token"):
         start = getattr(pre.tokenizer, "vision_start_token", None) or "<|vision_start|>"
         end = getattr(pre.tokenizer, "vision_end_token", None) or "<|vision_end|>"
         if token not in prompt:
@@ -111,7 +140,7 @@ def build_inputs(pre: Preprocessor, prompt: str, image=None):
         return call(text=[prompt], return_tensors="pt")
     if not pre.is_vlm:
         raise ValueError(f"an image was given but this is a text-only model ({pre.family}): use a "
-                         "vision-language model (LLaVA, Qwen2-VL, Qwen2.5-VL) or drop --image")
+                         "vision-language model (see the README's supported families) or drop --image")
     prompt = place_image(pre, prompt)
     if pre.processor is not None:
         return pre.processor(images=[image], text=[prompt], return_tensors="pt")
@@ -130,3 +159,21 @@ def _qwen_inputs_without_processor(pre: Preprocessor, prompt: str, image):
     batch["mm_token_type_ids"] = (batch["input_ids"] == image_id).to(torch.int32)
     batch.update(pixels)
     return batch
+
+
+def images_only_processor(processor_class: type, **parts):
+    """`processor_class(**parts, video_processor=None)`: a processor for images and text only.
+
+    Processors of families that also take videos (Qwen3-VL, InternVL, LLaVA-OneVision, ...) check
+    every part's class when made, and without torchvision the video processor classes cannot be
+    looked up, even for None. Images do not need them: this skips the check for the missing video
+    processor only (every other part is still checked)."""
+    from unittest import mock
+
+    check = processor_class.check_argument_for_proper_class
+
+    def check_present(self, name, argument):
+        return None if argument is None and "video" in name else check(self, name, argument)
+
+    with mock.patch.object(processor_class, "check_argument_for_proper_class", check_present):
+        return processor_class(**parts, video_processor=None)

@@ -7,6 +7,7 @@ from typing import Mapping
 import torch
 
 from .adapters import image_token_id, model_family
+from .adapters.family import check_guidable, pixel_inputs
 from .adapters.runner import model_device
 from .contract import LOGITS_DTYPES
 
@@ -41,6 +42,7 @@ def check_model(role: str, model: object) -> None:
     if model.dtype not in LOGITS_DTYPES:
         raise TypeError(f"{role}_model is in {model.dtype}; guided decoding reads float32, float16 or bfloat16 "
                         f"logits: convert it with {role}_model.to(torch.float32) (or bfloat16/float16)")
+    check_guidable(role, model)
 
 
 def check_same_device(models: Mapping[str, torch.nn.Module]) -> torch.device:
@@ -58,10 +60,11 @@ def check_same_device(models: Mapping[str, torch.nn.Module]) -> torch.device:
 def inputs_for(role: str, model: torch.nn.Module, given: Mapping | None, shared_role: str,
                shared_model: torch.nn.Module, shared_inputs: Mapping) -> Mapping:
     """The inputs of `role`'s model: `given`, or else `shared_role`'s, which only a model of the same
-    family (the same processor) can read."""
+    family (the same processor) can read, or any text-only model (a shared tokenizer's output)."""
     if given is not None:
         return given
-    if model_family(model).name != model_family(shared_model).name:
+    mine, shared = model_family(model), model_family(shared_model)
+    if mine.name != shared.name and (mine.is_vlm or shared.is_vlm):
         raise ValueError(f"{role}_model is {type(model).__name__} but {shared_role}_model is "
                          f"{type(shared_model).__name__}: their processors differ, so pass {role}_inputs= "
                          f"(the {role} model's processor output for the same prompts)")
@@ -98,18 +101,24 @@ def check_inputs(role: str, model: torch.nn.Module, inputs: object, batch: int |
 def _check_images(role: str, model: torch.nn.Module, inputs: Mapping, ids: torch.Tensor) -> None:
     family = model_family(model)
     placeholder = image_token_id(model)
+    pixels = [key for key in inputs if key.startswith("pixel_values") and inputs[key] is not None]
+    named = f"{role}_model ({type(model).__name__}, family {family.name!r})"
     if not family.is_vlm:
-        if inputs.get("pixel_values") is not None:
-            raise ValueError(f"{role}_inputs carries pixel_values but {role}_model ({type(model).__name__}) is a "
-                             "text-only model: use a vision-language model or drop the images")
-        return
-    has_placeholders = placeholder is not None and bool((ids == placeholder).any())
+        if not pixels:
+            return
+        if pixel_inputs(model):  # it takes pixels but its config names no placeholder token
+            raise ValueError(f"{role}_inputs carries {pixels[0]} but {named} names no image placeholder token in its "
+                             "config (image_token_id / image_token_index), so the prompt cannot say where the image "
+                             "goes: set config.image_token_id to the processor's image token id")
+        raise ValueError(f"{role}_inputs carries {pixels[0]} but {named} is a text-only model (its forward takes "
+                         "no pixel_values): use a vision-language model or drop the images")
+    has_placeholders = bool((ids == placeholder).any())
     missing = [key for key in family.image_inputs if inputs.get(key) is None]
     if has_placeholders and missing:
         raise ValueError(f"{role}_inputs has image placeholder tokens (id {placeholder}) but no "
-                         f"{' / '.join(missing)}: pass the whole output of the {role} model's processor, "
-                         "called with images=")
-    if not has_placeholders and inputs.get("pixel_values") is not None:
-        raise ValueError(f"{role}_inputs has pixel_values but no image placeholder token (id {placeholder}) in "
+                         f"{' / '.join(missing)}, which {named} needs with its images: pass the whole output of "
+                         f"the {role} model's processor, called with images=")
+    if not has_placeholders and pixels:
+        raise ValueError(f"{role}_inputs has {pixels[0]} but no image placeholder token (id {placeholder}) in "
                          f"input_ids: build the prompt with the {role} model's processor so the image tokens "
                          "are inserted")

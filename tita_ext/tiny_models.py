@@ -81,17 +81,18 @@ def tokenizer_size() -> int:
     return len(tiny_tokenizer())
 
 
-def _build(make, seed: int) -> torch.nn.Module:
+def _build(make, seed: int, real_ids: int | None = None) -> torch.nn.Module:
     """make() under a fixed seed (same seed, same weights; the global RNG is left alone), in eval
     mode, with a generation config that matches the tokenizer.
 
-    The output rows of padding ids are zeroed, as in real checkpoints whose padded rows were never
-    trained: their logit is 0 while the real ids' random logits reach well above it."""
+    The output rows of padding ids (from `real_ids` on: the tiny tokenizer's size by default) are
+    zeroed, as in real checkpoints whose padded rows were never trained: their logit is 0 while
+    the real ids' random logits reach well above it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make()
     with torch.no_grad():
-        model.get_output_embeddings().weight[tokenizer_size():] = 0.0
+        model.get_output_embeddings().weight[real_ids or tokenizer_size():] = 0.0
     gen = model.generation_config
     gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = BOS_ID, EOS_ID, PAD_ID
     gen.do_sample, gen.max_new_tokens = False, 16

@@ -11,15 +11,49 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from typing import Mapping
 
 import torch
 
 
 
+# Inputs a processor may return that generation never passes to a forward (generate drops them too).
+LOSS_ONLY_INPUTS = frozenset({"labels", "return_loss"})
+
+
 @functools.lru_cache(maxsize=None)
 def _forward_parameters(model_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def _is_cache_annotation(annotation: object) -> bool:
+    """Whether a parameter annotation is (or is a union holding) a transformers Cache."""
+    from transformers.cache_utils import Cache
+
+    if isinstance(annotation, str):  # postponed annotations
+        return "Cache" in annotation
+    if isinstance(annotation, type):
+        return issubclass(annotation, Cache)
+    return any(_is_cache_annotation(arg) for arg in typing.get_args(annotation))
+
+
+@functools.lru_cache(maxsize=None)
+def cache_argument(model_class: type) -> str | None:
+    """The forward's KV-cache keyword, or None when it takes no cache.
+
+    Found by what the parameter holds (its annotation is a transformers Cache), not by its name:
+    transformers renamed it (`past_key_values` up to 5.23, `cache` from 5.24). Without such an
+    annotation, the first of transformers' own generation cache names (then the two it has used)
+    that the forward takes."""
+    parameters = inspect.signature(model_class.forward).parameters
+    for name, parameter in parameters.items():
+        if parameter.annotation is not inspect.Parameter.empty and _is_cache_annotation(parameter.annotation):
+            return name
+    from transformers.generation import utils as generation
+
+    names = (*getattr(generation, "ALL_CACHE_NAMES", ()), "cache", "past_key_values")
+    return next((name for name in names if name in parameters), None)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -29,8 +63,9 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def forward_inputs(model: torch.nn.Module, inputs: Mapping[str, object]) -> dict[str, object]:
     """The prompt inputs this model's forward takes, on its device; floating tensors (pixels)
-    in its dtype. Keys the forward does not name are dropped (e.g. a tokenizer's token_type_ids)."""
-    accepted = _forward_parameters(type(model))
+    in its dtype. Keys the forward does not name are dropped (e.g. a tokenizer's token_type_ids),
+    and so are loss-only keys (a PaliGemma processor's labels), as generate drops them."""
+    accepted = _forward_parameters(type(model)) - LOSS_ONLY_INPUTS
     device, dtype = model_device(model), model.dtype
     kept = {}
     for key, value in inputs.items():
@@ -66,6 +101,7 @@ class ModelRunner:
         self.inputs["attention_mask"] = self.mask[:, :length]
         self.length = length
         self.cache = DynamicCache(config=model.config)
+        self.cache_key = cache_argument(type(model))
         self.takes_positions = "position_ids" in _forward_parameters(type(model))
         self._positions: tuple[torch.Tensor, ...] = ()  # per coming step: [..., B, 1] views of one tensor
         self._step = 0
@@ -94,7 +130,7 @@ class ModelRunner:
             inputs["position_ids"] = model._prepare_position_ids_for_generation(input_ids, dict(inputs))
         if "logits_to_keep" in _forward_parameters(type(model)):
             inputs["logits_to_keep"] = 1
-        out = model(**inputs, past_key_values=self.cache, use_cache=True)
+        out = model(**inputs, **{self.cache_key: self.cache}, use_cache=True)
         if self.takes_positions:
             self._plan_positions(inputs["position_ids"][..., -1:] + 1)
         return out.logits[:, -1]
@@ -106,23 +142,20 @@ class ModelRunner:
             if self._positions:  # every planned position is used: plan on from the last one
                 self._plan_positions(self._positions[-1] + 1)
         self.length += 1
+        kwargs = {"input_ids": tokens, "attention_mask": self.mask[:, :self.length], self.cache_key: self.cache}
         if self.takes_positions:
-            positions = self._positions[self._step]
+            kwargs["position_ids"] = self._positions[self._step]
             self._step += 1
-            out = self.model(input_ids=tokens, attention_mask=self.mask[:, :self.length],
-                             position_ids=positions, past_key_values=self.cache, use_cache=True)
-        else:
-            out = self.model(input_ids=tokens, attention_mask=self.mask[:, :self.length],
-                             past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1]
+        return self.model(**kwargs, use_cache=True).logits[:, -1]
 
     def repeat_rows(self, repeats: int) -> None:
         """Give each row `repeats` consecutive copies (generate's expansion of a batch for beams
-        and num_return_sequences: row b becomes rows b*repeats ... b*repeats+repeats-1)."""
-        self.cache.batch_repeat_interleave(repeats)
-        self.mask = self.mask.repeat_interleave(repeats, dim=0)
-        if self.next_positions is not None:
-            self._plan_positions(self.next_positions.repeat_interleave(repeats, dim=-2))
+        and num_return_sequences: row b becomes rows b*repeats ... b*repeats+repeats-1).
+
+        Done as a beam-search reorder that picks every row `repeats` times: every cache layer
+        type implements reorder_cache (generate's beam search needs it), while only some
+        implement batch_repeat_interleave (linear-attention layers do not)."""
+        self.reorder(torch.arange(self.batch_size, device=self.mask.device).repeat_interleave(repeats))
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (int64 [B']) of the cache, mask and positions, in that order (beam search)."""

@@ -16,8 +16,9 @@ the step can be captured in a CUDA graph once and replayed for every later token
   `_prepare_position_ids_for_generation`, so rope_deltas are already inside) and advanced by
   one in place after every step: a device tensor, no host value per step.
 
-Which models qualify: those whose `StaticCache` is made only of plain full-attention
-`StaticLayer`s (Llama, LLaVA, Qwen2-VL, Qwen2.5-VL). Others (sliding windows, linear
+Which models qualify: those whose `StaticCache` is made of full-attention layers, or of
+sliding-window layers whose window holds the whole cache (LLaVA, Qwen2/2.5/3-VL, InternVL,
+Mistral3, Llama, ...; see check_static_cache_support). Others (shorter sliding windows, linear
 attention, ...) raise `StaticCacheUnsupported`; callers then decode on dynamic caches.
 """
 
@@ -27,7 +28,7 @@ from typing import Mapping
 
 import torch
 
-from .runner import _forward_parameters, forward_inputs, model_device
+from .runner import _forward_parameters, cache_argument, forward_inputs, model_device
 
 
 class StaticCacheUnsupported(ValueError):
@@ -50,26 +51,59 @@ def static_layer_shape(model: torch.nn.Module) -> tuple[int, int]:
     return int(heads), int(head_dim)
 
 
-def check_static_cache_support(model: torch.nn.Module) -> None:
-    """Raise StaticCacheUnsupported (saying why) unless the model can decode on a plain StaticCache."""
+def _static_layers(model: torch.nn.Module, max_length: int) -> list:
+    """The layers transformers' StaticCache makes for this model and max_length positions."""
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_length).layers
+
+
+def check_static_cache_support(model: torch.nn.Module, max_length: int | None = None) -> None:
+    """Raise StaticCacheUnsupported (saying why) unless the model can decode on a static cache of
+    `max_length` positions (None: the layer kinds only).
+
+    Full-attention layers qualify. So do sliding-window layers whose window holds all max_length
+    positions: they never slide, so they attend exactly as full-attention layers, and the runner
+    gives them plain StaticLayers (transformers' StaticSlidingWindowLayer tracks its fill in a
+    Python int, which a replayed CUDA graph would not advance). Shorter windows, linear attention
+    and other layer kinds do not."""
     try:
-        from transformers import StaticCache
-        from transformers.cache_utils import StaticLayer
+        from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
     except ImportError as err:  # pragma: no cover - every supported transformers has them
-        raise StaticCacheUnsupported(f"transformers has no StaticCache ({err})") from None
+        raise StaticCacheUnsupported(f"transformers has no static cache layers ({err})") from None
+    name = type(model).__name__
     if not getattr(model, "_can_compile_fullgraph", False):
-        raise StaticCacheUnsupported(f"{type(model).__name__} does not declare static-cache (compile) support")
+        raise StaticCacheUnsupported(f"{name} does not declare static-cache (compile) support")
     device_map = getattr(model, "hf_device_map", None) or {}
     if len({str(d) for d in device_map.values()}) > 1:
-        raise StaticCacheUnsupported(f"{type(model).__name__} is split over several devices (device_map); the static "
-                                     "cache lives on one")
-    if "past_key_values" not in _forward_parameters(type(model)):
-        raise StaticCacheUnsupported(f"{type(model).__name__}.forward takes no past_key_values")
-    cache = StaticCache(config=model.config, max_cache_len=1)
-    kinds = {type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer}
-    if kinds or not cache.layers:
-        raise StaticCacheUnsupported(f"{type(model).__name__}'s static cache has {', '.join(sorted(kinds)) or 'no'} "
-                                     "layers; only full-attention StaticLayers are supported")
+        raise StaticCacheUnsupported(f"{name} is split over several devices (device_map); the static cache lives on one")
+    if cache_argument(type(model)) is None:
+        raise StaticCacheUnsupported(f"{name}.forward takes no KV cache")
+    layers = _static_layers(model, max_length or 1)
+    kinds = {type(layer).__name__ for layer in layers if type(layer) not in (StaticLayer, StaticSlidingWindowLayer)}
+    if kinds or not layers:
+        raise StaticCacheUnsupported(f"{name}'s static cache has {', '.join(sorted(kinds)) or 'no'} layers; only "
+                                     "full-attention and sliding-window attention layers can decode on a static cache")
+    if max_length is not None:
+        windows = [layer.max_cache_len for layer in layers if type(layer) is StaticSlidingWindowLayer]
+        if windows and min(windows) < max_length:  # a layer's max_cache_len is min(window, max_length)
+            raise StaticCacheUnsupported(
+                f"{name} has sliding-window layers (StaticSlidingWindowLayer) of {min(windows)} positions, fewer than "
+                f"max_length={max_length}: "
+                "a static sliding window that wraps around cannot be replayed from a CUDA graph. Use max_length <= "
+                f"{min(windows)} for static caches")
+
+
+def full_static_cache(model: torch.nn.Module, max_length: int):
+    """A StaticCache of max_length positions whose layers are all plain StaticLayers (sliding
+    windows that hold max_length positions attend as full attention; see check_static_cache_support)."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    cache = StaticCache(config=model.config, max_cache_len=max_length)
+    cache.layers = [layer if type(layer) is StaticLayer else StaticLayer(max_cache_len=max_length)
+                    for layer in cache.layers]
+    return cache
 
 
 class StaticRunner:
@@ -82,16 +116,15 @@ class StaticRunner:
     """
 
     def __init__(self, model: torch.nn.Module, max_batch: int, max_length: int):
-        from transformers import StaticCache
-
-        check_static_cache_support(model)
+        check_static_cache_support(model, max_length)
         self.model = model
         self.max_batch, self.max_length = max_batch, max_length
         self.device = model_device(model)
         self.takes_positions = "position_ids" in _forward_parameters(type(model))
         self.takes_logits_to_keep = "logits_to_keep" in _forward_parameters(type(model))
+        self.cache_key = cache_argument(type(model))
         heads, head_dim = static_layer_shape(model)
-        self.cache = StaticCache(config=model.config, max_cache_len=max_length)
+        self.cache = full_static_cache(model, max_length)
         self.cache.early_initialization(max_batch, heads, head_dim, model.dtype, self.device)
         self._views: dict[int, object] = {max_batch: self.cache}
         self.mask = torch.ones(max_batch, max_length, dtype=torch.long, device=self.device)
@@ -102,11 +135,9 @@ class StaticRunner:
     def view(self, rows: int):
         """The StaticCache over rows [0, rows) (made once per row count; same memory)."""
         if rows not in self._views:
-            from transformers import StaticCache
-
             if not 0 < rows <= self.max_batch:
                 raise ValueError(f"rows must be in [1, {self.max_batch}], got {rows}")
-            view = StaticCache(config=self.model.config, max_cache_len=self.max_length)
+            view = full_static_cache(self.model, self.max_length)
             for mine, big in zip(view.layers, self.cache.layers):
                 mine.__dict__.update(big.__dict__)  # shapes, dtype, device, the shared write counter
                 mine.keys, mine.values = big.keys[:rows], big.values[:rows]
@@ -143,7 +174,7 @@ class StaticRunner:
             inputs["position_ids"] = self.model._prepare_position_ids_for_generation(input_ids, dict(inputs))
         if self.takes_logits_to_keep:
             inputs["logits_to_keep"] = 1
-        out = self.model(**inputs, past_key_values=self.view(batch), use_cache=True)
+        out = self.model(**inputs, **{self.cache_key: self.view(batch)}, use_cache=True)
         if self.takes_positions:
             first = inputs["position_ids"][..., -1:] + 1  # [B, 1] or [S, B, 1]
             if self.positions is None or self.positions.shape[:-2] != first.shape[:-2]:
@@ -159,8 +190,8 @@ class StaticRunner:
         that nobody reads) and advance the positions in place. Returns logits [R, V]. Only device
         work: safe to capture in a CUDA graph."""
         rows = tokens.shape[0]
-        kwargs = dict(input_ids=tokens, attention_mask=self.mask[:rows], past_key_values=self.view(rows),
-                      use_cache=True)
+        kwargs = {"input_ids": tokens, "attention_mask": self.mask[:rows], self.cache_key: self.view(rows),
+                  "use_cache": True}
         if self.takes_positions:
             positions = self.positions[..., :rows, :]
             kwargs["position_ids"] = positions
