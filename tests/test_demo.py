@@ -251,6 +251,7 @@ def test_quick_demo_gives_identical_numbers_when_retrained_and_from_the_cache(tm
     for seed in (0, 1):
         for split in SPLITS:
             assert (out / f"seed-{seed}" / "pope" / "test" / f"pope_{split}.jsonl").is_file()
+        assert json.loads((out / f"seed-{seed}" / "record.json").read_text()) == summary["per_seed"][seed]
     assert pathlib.Path(summary["per_seed"][0]["models"]["base"], "config.json").is_file()
     # the two seeds are different runs: other scenes, other models
     assert summary["per_seed"][0]["models"]["base"] != summary["per_seed"][1]["models"]["base"]

@@ -149,7 +149,8 @@ def run_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | No
 
 def _one_thread_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | None,
                      progress: bool) -> dict[str, Any]:
-    """run_seed on one torch thread (restored after), its log lines prefixed with the seed."""
+    """run_seed on one torch thread (restored after), its log lines prefixed with the seed; its
+    record is also written to out_dir/seed-N/record.json."""
     from transformers.utils import logging as hf_logging
 
     threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
@@ -157,8 +158,10 @@ def _one_thread_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.P
     if not progress:  # transformers' loading / saving bars
         hf_logging.disable_progress_bar()
     try:
-        return run_seed(recipe, out_dir, cache, progress=progress,
-                        log=lambda line: print(f"  seed {recipe.seed}: {line}", flush=True))
+        record = run_seed(recipe, out_dir, cache, progress=progress,
+                          log=lambda line: print(f"  seed {recipe.seed}: {line}", flush=True))
+        write_summary(record, out_dir / f"seed-{recipe.seed}" / "record.json")  # kept if a later seed fails
+        return record
     finally:
         torch.set_num_threads(threads)
         if bars:

@@ -36,12 +36,12 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class TextRecipe:
     """Sizes and rates of the text demo (settled on the validation problems)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    train_problems: int = 96
+    seeds: tuple[int, ...] = (0, 1)
+    train_problems: int = 64
     samples: int = 6
     temperature: float = 0.7
-    val_problems: int = 30
-    test_problems: int = 100
+    val_problems: int = 20
+    test_problems: int = 60
     max_new_tokens: int = 5
     train_layers: int = 4
     dpo_beta: float = 0.1
