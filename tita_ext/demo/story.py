@@ -198,11 +198,10 @@ def run_story(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | N
         records = [_one_thread_seed(run, out_dir, cache, show) for run in runs]
     else:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            records = list(pool.map(_one_thread_seed, runs, [out_dir] * len(runs), [cache] * len(runs),
-                                    [False] * len(runs)))
+        # a Pool (not a ProcessPoolExecutor): leaving the block, also on Ctrl-C, terminates the workers
+        with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+            records = pool.starmap(_one_thread_seed, [(run, out_dir, cache, False) for run in runs], chunksize=1)
     cpu_seconds = time.process_time() - cpu_started + _children_cpu_seconds() - children
     summary = demo_summary(recipe, records, seconds=time.perf_counter() - started, cpu_seconds=cpu_seconds, jobs=jobs)
     print("\n" + format_summary(summary))
