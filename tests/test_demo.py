@@ -52,7 +52,8 @@ def test_stage_keys_change_only_downstream_of_a_field():
     assert all(recipe.stage_key(*f) != world.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
     other_seed = recipe.for_seed(3)
     assert all(recipe.stage_key(*f) != other_seed.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
-    assert recipe.stage_key(*BASE_FIELDS) == DemoRecipe(seeds=(0, 7)).stage_key(*BASE_FIELDS)  # the list of runs is not a stage input
+    # the list of runs is not a stage input
+    assert recipe.stage_key(*BASE_FIELDS) == DemoRecipe(seeds=(0, 7)).stage_key(*BASE_FIELDS)
     weaker = DemoRecipe(reward_train_scenes=100)
     assert recipe.stage_key(*BASE_FIELDS) == weaker.stage_key(*BASE_FIELDS)
     assert recipe.stage_key(*REWARD_SFT_FIELDS) != weaker.stage_key(*REWARD_SFT_FIELDS)
@@ -256,7 +257,8 @@ def test_quick_demo_gives_identical_numbers_when_retrained_and_from_the_cache(tm
     # the two seeds are different runs: other scenes, other models
     assert summary["per_seed"][0]["models"]["base"] != summary["per_seed"][1]["models"]["base"]
 
-    assert main(["demo", "--quick", "--no-progress", "--jobs", "2", "--no-cache", "--out", str(tmp_path / "fresh")]) == 0
+    fresh = ["demo", "--quick", "--no-progress", "--jobs", "2", "--no-cache", "--out", str(tmp_path / "fresh")]
+    assert main(fresh) == 0
     capsys.readouterr()
     assert _numbers(json.loads((tmp_path / "fresh" / "demo.json").read_text())) == _numbers(summary)
 

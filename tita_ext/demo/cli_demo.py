@@ -1,6 +1,7 @@
 """`tita-ext demo`: the whole story on the built-in world (see story.py).
 
-    tita-ext demo [--out DIR] [--cache-dir DIR | --no-cache] [--results FILE] [--quick] [--seeds N] [--jobs N] [--no-progress]
+    tita-ext demo [--out DIR] [--cache-dir DIR | --no-cache] [--results FILE] [--quick] [--seeds N]
+                  [--jobs N] [--no-progress]
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ SFT_FIELDS = WORLD_FIELDS + ("train_scenes", "sft_epochs", "sft_lr", "sft_batch"
 BASE_FIELDS = SFT_FIELDS + ("base",)
 REWARD_SFT_FIELDS = SFT_FIELDS + ("reward", "reward_train_scenes")
 PAIR_FIELDS = BASE_FIELDS + ("pair_scenes", "pair_split", "noise_step")
-DPO_FIELDS = PAIR_FIELDS + ("reward", "reward_train_scenes", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_batch", "dpo_rpo_alpha")
+DPO_FIELDS = PAIR_FIELDS + ("reward", "reward_train_scenes", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_batch",
+                            "dpo_rpo_alpha")
 
 # The source each cached stage runs (its own and every earlier stage's), under tita_ext/.
 WORLD_CODE = ("world/scenes.py", "world/render.py", "world/text.py", "demo/stages.py")

@@ -179,10 +179,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              f"(mean share of absent objects answered yes); alpha chosen per seed on validation scenes",
              f"  {'':<38}" + "".join(f"{s:>22}" for s in splits)]
     for name, label in ROW_NAMES.items():
-        lines.append(f"  {label:<38}" + "".join(f"{_cell(rows[name][s]['f1'])} ({rows[name][s]['false_yes']['mean']:>3.0f}%)"
-                                                for s in splits))
-    lines.append(f"  {'TITA over the base':<38}" + "".join(f"{summary['gain'][s]['mean']:>+8.1f} ± {summary['gain'][s]['sd']:4.1f}"
-                                                          f"{'':7}" for s in splits))
+        cells = [f"{_cell(rows[name][s]['f1'])} ({rows[name][s]['false_yes']['mean']:>3.0f}%)" for s in splits]
+        lines.append(f"  {label:<38}" + "".join(cells))
+    gains = [f"{summary['gain'][s]['mean']:>+8.1f} ± {summary['gain'][s]['sd']:4.1f}{'':7}" for s in splits]
+    lines.append(f"  {'TITA over the base':<38}" + "".join(gains))
     lines.append(f"\n{SELECTION_SPLIT} F1 per seed " + "".join(f"{s:>8}" for s in seeds))
     for name, label in ROW_NAMES.items():
         lines.append(f"  {label:<38}" + "".join(f"{v:>8.1f}" for v in rows[name][SELECTION_SPLIT]["f1"]["values"]))

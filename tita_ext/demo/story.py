@@ -99,7 +99,8 @@ def run_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | No
     pairs = stages.load_pairs(pairs_folder)
     done("pairs", t, hit, f"{len(pairs)} pairs")
 
-    t = stage(5, f"the reward model: DPO (beta {recipe.dpo_beta:g}, {recipe.dpo_epochs} epoch(s), lr {recipe.dpo_lr:g})")
+    t = stage(5, f"the reward model: DPO (beta {recipe.dpo_beta:g}, {recipe.dpo_epochs} epoch(s), "
+                 f"lr {recipe.dpo_lr:g})")
 
     def write_reward(target: pathlib.Path) -> None:
         if not pairs:  # only an undertrained base (a --quick run) answers the same either way

@@ -111,7 +111,8 @@ def base_answers(model, tokenizer, prompts: Sequence[str], recipe: TextRecipe, *
         with torch.inference_mode():
             ids = model.generate(**inputs, max_new_tokens=recipe.max_new_tokens, do_sample=seed is not None,
                                  temperature=recipe.temperature if seed is not None else None,
-                                 top_k=0 if seed is not None else None, top_p=None, num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id)
+                                 top_k=0 if seed is not None else None, top_p=None, num_return_sequences=samples,
+                                 pad_token_id=tokenizer.pad_token_id)
         seconds += time.perf_counter() - started
         new = ids[:, inputs["input_ids"].shape[1]:]
         tokens += _count_tokens(new, tokenizer)
