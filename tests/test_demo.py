@@ -15,8 +15,10 @@ pytest.importorskip("PIL")
 from tita_ext.cli import main  # noqa: E402
 from tita_ext.demo import DemoRecipe, ModelSize, stages  # noqa: E402
 from tita_ext.demo.cache import cached_folder, default_cache_dir  # noqa: E402
-from tita_ext.demo.recipe import BASE_FIELDS, DPO_FIELDS, PAIR_FIELDS, REWARD_SFT_FIELDS  # noqa: E402
-from tita_ext.demo.report import choose_alpha, demo_summary, format_summary  # noqa: E402
+from tita_ext.demo.recipe import (BASE_FIELDS, DPO_CODE, DPO_FIELDS, PAIR_FIELDS, REWARD_SFT_FIELDS,  # noqa: E402
+                                  SFT_CODE)
+from tita_ext.demo.report import choose_alpha, demo_summary, format_summary, seed_record  # noqa: E402
+from tita_ext.demo.stats import paired_t_test, sign_flip_test  # noqa: E402
 from tita_ext.tiny_models import demo_image, tiny_llava_processor  # noqa: E402
 from tita_ext.training.pairs import PreferencePair  # noqa: E402
 from tita_ext.world import SHAPES, format_prompt, render, yes_no_question  # noqa: E402
@@ -48,12 +50,39 @@ def test_stage_keys_change_only_downstream_of_a_field():
     assert recipe.stage_key(*REWARD_SFT_FIELDS) != smaller.stage_key(*REWARD_SFT_FIELDS)
     world = DemoRecipe(world_bias=0.8)
     assert all(recipe.stage_key(*f) != world.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
+    other_seed = recipe.for_seed(3)
+    assert all(recipe.stage_key(*f) != other_seed.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
+    # the list of runs is not a stage input
+    assert recipe.stage_key(*BASE_FIELDS) == DemoRecipe(seeds=(0, 7)).stage_key(*BASE_FIELDS)
+    weaker = DemoRecipe(reward_train_scenes=100)
+    assert recipe.stage_key(*BASE_FIELDS) == weaker.stage_key(*BASE_FIELDS)
+    assert recipe.stage_key(*REWARD_SFT_FIELDS) != weaker.stage_key(*REWARD_SFT_FIELDS)
+
+
+def test_stage_keys_follow_the_machine_and_the_code(monkeypatch):
+    from tita_ext.demo import recipe as recipe_module
+
+    recipe = DemoRecipe()
+    key = recipe.stage_key(*DPO_FIELDS, code=DPO_CODE)
+    assert key == recipe.stage_key(*DPO_FIELDS, code=DPO_CODE)  # stable
+    assert key != recipe.stage_key(*DPO_FIELDS, code=SFT_CODE)  # another stage's source
+    real = recipe_module.environment()
+    assert set(real) == {"torch", "transformers", "cpu_capability"}
+    monkeypatch.setattr(recipe_module, "environment", lambda: {**real, "cpu_capability": "AVX2-elsewhere"})
+    assert key != recipe.stage_key(*DPO_FIELDS, code=DPO_CODE)  # another instruction set: trained again
+    monkeypatch.setattr(recipe_module, "environment", lambda: real)
+    monkeypatch.setattr(recipe_module, "code_version", lambda paths: "edited")
+    assert key != recipe.stage_key(*DPO_FIELDS, code=DPO_CODE)  # the stage's code changed
 
 
 @pytest.mark.parametrize("bad, match", [(dict(reference="reward"), "reference must be"),
                                         (dict(alphas=()), "alphas must be"), (dict(alphas=(0.0, 0.5)), "alphas"),
                                         (dict(train_scenes=0), "train_scenes must be at least 1"),
-                                        (dict(pair_split="val"), "pair_split must be 'train' or 'test'")])
+                                        (dict(pair_split="val"), "pair_split must be 'train' or 'test'"),
+                                        (dict(alphas=(0.4, 0.8)), "must hold 1"),
+                                        (dict(seeds=(1, 1)), "seeds must be distinct"),
+                                        (dict(seeds=()), "seeds must be"),
+                                        (dict(reward_train_scenes=2000), "reward_train_scenes must be between")])
 def test_recipe_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
         DemoRecipe(**bad)
@@ -99,25 +128,61 @@ def test_choose_alpha_takes_the_best_validation_f1_below_one():
         choose_alpha(results(70.0, {1.0: 80.0, 1.5: 81.0}))
 
 
-def test_summary_holds_base_and_tita_per_split_at_the_chosen_alpha():
-    test = results(60.0, {0.4: 64.0, 0.8: 67.5, 1.0: 66.0})
-    alone = {"reward_before_dpo": results(60.0, {1.0: 55.0}), "reward_after_dpo": results(60.0, {1.0: 58.0}),
-             "base_with_dpo_delta": results(60.0, {1.0: 62.0})}
-    summary = demo_summary(DemoRecipe(), results(61.0, {0.4: 62.0, 0.8: 63.0, 1.0: 64.0}), test, 0.8, alone,
-                           {"base": 1.0}, 12.34, {"base": "b", "reward": "r"}, 42)
-    assert set(summary["base"]) == set(SPLITS) and summary["base"]["adversarial"]["f1"] == 60.0
-    assert summary["tita"]["alpha"] == summary["alpha"] == 0.8 and summary["tita"]["adversarial"]["f1"] == 67.5
-    assert summary["gain"] == {s: 7.5 for s in SPLITS} and summary["seconds"] == 12.3
-    assert summary["sweep"]["random"] == {"0": 60.0, "0.4": 64.0, "0.8": 67.5, "1": 66.0}
-    assert summary["validation"]["random"]["1"] == 64.0 and summary["pairs"] == 42
-    assert summary["comparisons"]["reward_before_dpo"]["adversarial"]["f1"] == 55.0
-    assert summary["comparisons"]["reward_after_dpo"]["random"]["f1"] == 58.0
-    assert summary["comparisons"]["base_with_dpo_delta"]["popular"]["f1"] == 62.0
-    assert summary["base"]["random"]["false_yes"] == 20.0  # 1 of the 5 absent objects answered yes
+def record(seed: int, base: float, tita: float, before: float, alone_before: float, alone_after: float) -> dict:
+    """A seed's record from made-up evaluate_pope results (every split the same scores)."""
+    recipe = DemoRecipe(alphas=(0.4, 0.8, 1.0)).for_seed(seed)
+    sweeps = {"tita": results(base, {0.4: tita - 1, 0.8: tita, 1.0: alone_after}),
+              "guided_before_dpo": results(base, {0.4: before - 1, 0.8: before, 1.0: alone_before})}
+    alone = {"reward_before_dpo": sweeps["guided_before_dpo"], "reward_after_dpo": sweeps["tita"]}
+    validation = results(base, {0.4: 1.0, 0.8: 2.0, 1.0: 3.0})
+    return seed_record(recipe, validation, sweeps, alone, choose_alpha(validation), pairs=40 + seed,
+                       timings={"base": 1.0}, cached=[], seconds=2.0, cpu_seconds=1.5, models={"base": "b"})
+
+
+def test_summary_reports_every_seed_mean_spread_tests_and_checks():
+    records = [record(s, base, base + gain, base + 1, base - 10, base - 5)
+               for s, (base, gain) in enumerate([(60.0, 7.0), (62.0, 5.0), (58.0, 6.0), (61.0, 8.0), (59.0, 6.5)])]
+    assert records[0]["alpha"] == 0.8 and records[0]["test"]["tita"]["random"]["f1"] == 67.0
+    assert records[0]["test"]["base"]["random"]["false_yes"] == 20.0  # 1 of the 5 absent objects answered yes
+    summary = demo_summary(DemoRecipe(alphas=(0.4, 0.8, 1.0)), records, seconds=12.34, cpu_seconds=20.0, jobs=2)
+    base = summary["rows"]["base"]["adversarial"]["f1"]
+    assert base["values"] == [60.0, 62.0, 58.0, 61.0, 59.0] and base["mean"] == 60.0 and base["sd"] == 1.58
+    assert summary["gain"]["random"]["values"] == [7.0, 5.0, 6.0, 8.0, 6.5] and summary["gain"]["random"]["mean"] == 6.5
+    test = summary["tests"]["adversarial"]["tita_vs_base"]
+    assert test["paired_t"]["df"] == 4 and test["paired_t"]["p"] < 0.001 and test["sign_flip"]["p"] == 2 / 32
+    checks = summary["checks"]
+    assert checks["a_reward_alone_weaker_than_base"]["holds"] and checks["b_tita_beats_both"]["holds"]
+    assert checks["c_gain_from_dpo"]["holds"] and checks["tita_significantly_above_base"]
+    assert summary["curves"]["tita"]["adversarial"]["0"]["mean"] == 60.0
+    assert summary["curves"]["guided_before_dpo"]["adversarial"]["1"]["mean"] == 50.0
+    assert summary["machine"]["cpu_capability"] and summary["machine"]["torch"] == torch.__version__
     text = format_summary(summary)
-    assert "reward model alone, before DPO" in text and "TITA, alpha 0.8" in text and "+7.5" in text
-    assert "DPO's change only" in text
+    for line in ("reward model alone, before DPO", "TITA (reward after DPO)", "+6.5 ±", "(a) the reward model alone "
+                 "is weaker than the base: yes", "(c) the gain comes from DPO: yes", "sign-flip p=0.0625"):
+        assert line in text
     json.dumps(summary)  # JSON-ready as it is
+
+
+def test_checks_fail_when_the_reward_alone_is_better_or_the_gain_is_not_from_dpo():
+    records = [record(s, 60.0 + s, 66.0 + s, 66.0 + s + (0.5 if s % 2 else -0.5), 70.0, 55.0) for s in range(4)]
+    checks = demo_summary(DemoRecipe(alphas=(0.4, 0.8, 1.0)), records, seconds=1, cpu_seconds=1, jobs=1)["checks"]
+    assert not checks["a_reward_alone_weaker_than_base"]["holds"]  # 70 alone before DPO beats the base
+    assert not checks["b_tita_beats_both"]["holds"] and not checks["c_gain_from_dpo"]["holds"]
+    assert checks["tita_significantly_above_base"]
+
+
+def test_paired_tests_match_scipy():
+    stats_scipy = pytest.importorskip("scipy.stats")
+    a, b = [71.2, 69.0, 74.5, 70.1, 72.8, 68.0], [66.0, 67.5, 70.0, 69.9, 65.2, 66.1]
+    assert paired_t_test(a, b)["p"] == pytest.approx(stats_scipy.ttest_rel(a, b).pvalue, rel=1e-9)
+    exact = stats_scipy.permutation_test((a, b), lambda x, y: (x - y).mean(), permutation_type="samples",
+                                         n_resamples=10**6).pvalue
+    assert sign_flip_test(a, b)["p"] == pytest.approx(exact)
+    assert paired_t_test([1.0, 2.0], [1.0, 2.0])["p"] == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        paired_t_test([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        sign_flip_test([1.0], [0.0])
 
 
 # --------------------------------------------------------------------------- stages
@@ -125,7 +190,7 @@ def test_summary_holds_base_and_tita_per_split_at_the_chosen_alpha():
 def test_dpo_stage_moves_the_reward_model_and_leaves_its_start_alone():
     recipe = DemoRecipe(dpo_batch=2, dpo_lr=1e-2)
     processor = tiny_llava_processor()
-    start = stages.new_model(recipe.reward)
+    start = stages.new_model(recipe.reward, recipe.model_seed(recipe.reward))
     before = {k: v.clone() for k, v in start.state_dict().items()}
     prompt = format_prompt("Is there a ball in the image?")
     pairs = [PreferencePair(demo_image("red"), prompt, "No", "Yes"), PreferencePair(demo_image("blue"), prompt, "Yes", "No")]
@@ -149,33 +214,55 @@ def test_pair_items_ask_about_every_shape_on_scenes_no_other_stage_uses(split):
 
 # --------------------------------------------------------------------------- the whole story, short
 
-def test_demo_refuses_a_thread_count_below_one(capsys):
-    assert main(["demo", "--quick", "--threads", "0", "--no-cache"]) == 2
-    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+@pytest.mark.parametrize("flag", ["--jobs", "--seeds"])
+def test_demo_refuses_counts_below_one(capsys, flag):
+    assert main(["demo", "--quick", flag, "0", "--no-cache"]) == 2
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_quick_demo_runs_every_stage_then_reuses_the_cache(tmp_path, capsys):
+def _numbers(summary: dict) -> dict:
+    """What a rerun must reproduce exactly: every seed's metrics, sweeps and alpha, and the aggregates."""
+    return {"rows": summary["rows"], "tests": summary["tests"], "curves": summary["curves"],
+            "per_seed": [{k: r[k] for k in ("seed", "alpha", "pairs", "test", "sweep", "validation")}
+                         for r in summary["per_seed"]]}
+
+
+def test_quick_demo_gives_identical_numbers_when_retrained_and_from_the_cache(tmp_path, capsys):
+    """Two seeds, every stage: trained in this process; trained again from scratch in two worker
+    processes (--no-cache, --jobs 2); then from the cache. The numbers are the same each time."""
     cache, out = tmp_path / "cache", tmp_path / "out"
-    args = ["demo", "--quick", "--cache-dir", str(cache), "--out", str(out), "--no-progress",
-            "--results", str(tmp_path / "results" / "demo.json")]
-    assert main(args) == 0
+    args = ["demo", "--quick", "--no-progress", "--jobs", "1", "--results", str(tmp_path / "results" / "demo.json")]
+    assert main(args + ["--cache-dir", str(cache), "--out", str(out)]) == 0
     first = capsys.readouterr().out
-    for stage in range(1, 7):
-        assert f"[{stage}/6]" in first
-    assert "from the cache" not in first and "POPE on 10 held-out scenes" in first
+    for seed in (0, 1):
+        for stage in range(1, 7):
+            assert f"seed {seed}: [{stage}/6]" in first
+    assert "from the cache" not in first and "POPE on 10 held-out scenes per seed, 2 seeds" in first
+    assert "(a) the reward model alone is weaker than the base" in first and "paired tests over seeds" in first
     summary = json.loads((out / "demo.json").read_text())
     assert json.loads((tmp_path / "results" / "demo.json").read_text()) == summary
-    assert set(summary["base"]) == set(summary["gain"]) == set(SPLITS)
-    for split in SPLITS:
-        assert 0.0 <= summary["base"][split]["f1"] <= 100.0 and "f1" in summary["tita"][split]
-    assert summary["alpha"] == summary["tita"]["alpha"] < 1.0 and summary["seconds"] > 0
+    assert summary["seeds"] == [0, 1] and len(summary["per_seed"]) == 2
+    for name in ("base", "reward_before_dpo", "reward_after_dpo", "guided_before_dpo", "tita"):
+        for split in SPLITS:
+            assert len(summary["rows"][name][split]["f1"]["values"]) == 2
+            assert 0.0 <= summary["rows"][name][split]["f1"]["mean"] <= 100.0
+    assert all(a < 1.0 for a in summary["alphas"]) and summary["seconds"] > 0 and summary["cpu_seconds"] > 0
+    assert summary["machine"]["cpu_capability"] and summary["machine"]["transformers"]
     assert (out / "demo.png").stat().st_size > 0
-    for split in SPLITS:
-        assert (out / "pope" / "test" / f"pope_{split}.jsonl").is_file()
-    assert pathlib.Path(summary["models"]["base"], "config.json").is_file()
+    for seed in (0, 1):
+        for split in SPLITS:
+            assert (out / f"seed-{seed}" / "pope" / "test" / f"pope_{split}.jsonl").is_file()
+        assert json.loads((out / f"seed-{seed}" / "record.json").read_text()) == summary["per_seed"][seed]
+    assert pathlib.Path(summary["per_seed"][0]["models"]["base"], "config.json").is_file()
+    # the two seeds are different runs: other scenes, other models
+    assert summary["per_seed"][0]["models"]["base"] != summary["per_seed"][1]["models"]["base"]
 
-    assert main(args) == 0
+    fresh = ["demo", "--quick", "--no-progress", "--jobs", "2", "--no-cache", "--out", str(tmp_path / "fresh")]
+    assert main(fresh) == 0
+    capsys.readouterr()
+    assert _numbers(json.loads((tmp_path / "fresh" / "demo.json").read_text())) == _numbers(summary)
+
+    assert main(args + ["--cache-dir", str(cache), "--out", str(out)]) == 0
     second = capsys.readouterr().out
-    assert second.count("from the cache") == 4  # base, reward SFT, pairs, reward: only POPE runs again
-    again = json.loads((out / "demo.json").read_text())
-    assert again["base"] == summary["base"] and again["tita"] == summary["tita"]
+    assert second.count("from the cache") == 8  # per seed: base, reward SFT, pairs, reward; only POPE runs again
+    assert _numbers(json.loads((out / "demo.json").read_text())) == _numbers(summary)

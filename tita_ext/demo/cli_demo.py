@@ -1,6 +1,7 @@
 """`tita-ext demo`: the whole story on the built-in world (see story.py).
 
-    tita-ext demo [--out DIR] [--cache-dir DIR | --no-cache] [--results FILE] [--quick] [--no-progress]
+    tita-ext demo [--out DIR] [--cache-dir DIR | --no-cache] [--results FILE] [--quick] [--seeds N]
+                  [--jobs N] [--no-progress]
 """
 
 from __future__ import annotations
@@ -30,26 +31,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                           "(e.g. benchmarks/results/demo.json)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of every stage in seconds (too little training to mean anything)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="seeds trained at once, in worker processes of one torch thread each (default: one "
+                             "per core, at most one per seed); the numbers do not depend on it")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="run seeds 0..N-1 (default: the recipe's, 5; the paired tests need at least 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    import dataclasses
 
     from .cache import default_cache_dir
     from .recipe import DemoRecipe
     from .story import run_story
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     recipe = DemoRecipe.quick() if args.quick else DemoRecipe()
+    if args.seeds is not None:
+        recipe = dataclasses.replace(recipe, seeds=tuple(range(args.seeds)))
     cache = None if args.no_cache else pathlib.Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     print("tita-ext demo: TITA on a built-in world of coloured shapes, from training to POPE (no download).")
     print(f"  cache: {cache if cache is not None else 'off'}; output: {args.out}" + (" (quick run)" if args.quick else ""))
     run_story(recipe, pathlib.Path(args.out), cache, progress=not args.no_progress,
-              results_json=pathlib.Path(args.results) if args.results else None)
+              results_json=pathlib.Path(args.results) if args.results else None, jobs=args.jobs)
     return 0

@@ -2,8 +2,12 @@
 
 The recipe was settled on the validation images only (held-out scenes of the test distribution
 with their own seed); the POPE test images are scored once, at the end of each run. `quick()` is
-the same story at a size that runs in well under a minute (CI's end-to-end check): too little
-training for the numbers to mean anything.
+the same story at a size that runs in seconds (CI's end-to-end check): too little training for
+the numbers to mean anything.
+
+One recipe runs once per seed in `seeds`: `for_seed(s)` is the recipe of one run, whose `seed`
+draws everything (the world's scenes, both models' initial weights and data order, the pairs'
+noise, DPO's order).
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pathlib
 from dataclasses import dataclass
 from typing import Any
+
+SEED_STRIDE = 1000  # a model's init / shuffle seed: its ModelSize.seed + SEED_STRIDE * the run's seed
 
 
 @dataclass(frozen=True)
 class ModelSize:
-    """A tiny LLaVA (tita_ext.tiny_models.tiny_llava): Llama text and CLIP vision widths and depths."""
+    """A tiny LLaVA (tita_ext.tiny_models.tiny_llava): Llama text and CLIP vision widths and depths;
+    seed: the model's offset within a run (base and reward differ)."""
 
     hidden_size: int
     layers: int
@@ -30,10 +38,13 @@ class ModelSize:
 class DemoRecipe:
     """The demo world, its two models, and each stage's budget.
 
-    world_*: `tita_ext.world.World(seed, image_size, bias, test_bias, shape_colors=True)`.
+    seed: this run's seed (see the module docstring); seeds: the runs `tita-ext demo` makes.
+    world_*: `tita_ext.world.World(seed, image_size, bias, test_bias, size_range, shape_colors=True)`.
     base / reward: the model sizes; the reward model is the smaller one.
     train_scenes, sft_epochs, sft_lr, sft_batch: supervised training of both models on the
-        training scenes' captions and yes/no questions (tita_ext.training.sft).
+        training scenes' captions and yes/no questions (tita_ext.training.sft); the reward model
+        sees only the first `reward_train_scenes` of them (None: all), so that alone it stays weaker
+        than the base, as the paper's small reward model is.
     pair_scenes, pair_split, noise_step: preference pairs from the base's own answers on fresh,
         unlabelled scenes of `pair_split` ("train", or "test": the held-out distribution, never
         the validation or test scenes themselves), clean image (chosen) against a DDPM-noised copy
@@ -41,18 +52,21 @@ class DemoRecipe:
     dpo_*: DPO of the reward model (tita_ext.training.dpo), from its supervised weights.
     reference: "base" for the paper's form (p_ref = p_base), "reward-sft" for the reward model
         before DPO as the explicit reference (the emulated fine-tuning form).
-    alphas: the sweep. The demo reports the alpha below 1 with the best validation adversarial F1
-        (guidance; alpha 1 is the reward model alone, shown for reference).
+    alphas: the sweep (1 must be in it: the reward model alone). The demo reports the alpha below
+        1 with the best validation adversarial F1 (guidance; alpha 1 is the reward model alone).
     val_scenes, test_scenes: held-out scenes of the test split (validation: its own seed offset).
     """
 
-    world_seed: int = 0
+    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     image_size: int = 32
     world_bias: float = 0.9
     world_test_bias: float = 0.5
+    world_size_range: tuple[float, float] = (0.28, 0.4)
     base: ModelSize = ModelSize(hidden_size=64, layers=2, vision_hidden_size=64, vision_layers=2, seed=0)
     reward: ModelSize = ModelSize(hidden_size=48, layers=1, vision_hidden_size=48, vision_layers=1, seed=1)
     train_scenes: int = 1000
+    reward_train_scenes: int | None = None
     sft_epochs: int = 10
     sft_lr: float = 2e-3
     sft_batch: int = 32
@@ -77,31 +91,78 @@ class DemoRecipe:
             raise ValueError(f"reference must be 'base' or 'reward-sft', got {self.reference!r}")
         if not self.alphas or min(self.alphas) <= 0:
             raise ValueError(f"alphas must be positive guidance weights, got {self.alphas}")
+        if 1.0 not in self.alphas or min(self.alphas) >= 1.0:
+            raise ValueError(f"alphas must hold 1 (each reward model alone) and one below 1, got {self.alphas}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative integers, at least one, got {self.seeds}")
+        if self.reward_train_scenes is not None and not 1 <= self.reward_train_scenes <= self.train_scenes:
+            raise ValueError(f"reward_train_scenes must be between 1 and train_scenes ({self.train_scenes}), "
+                             f"got {self.reward_train_scenes}")
         for name in ("train_scenes", "sft_epochs", "pair_scenes", "dpo_epochs", "val_scenes", "test_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls) -> "DemoRecipe":
-        """The whole story in seconds: a few scenes and one epoch per stage (a smoke run)."""
-        return cls(train_scenes=40, sft_epochs=1, pair_scenes=20, val_scenes=8, test_scenes=10,
+        """The whole story in seconds: two seeds, a few scenes and one epoch per stage (a smoke run)."""
+        return cls(seeds=(0, 1), train_scenes=40, sft_epochs=1, pair_scenes=20, val_scenes=8, test_scenes=10,
                    alphas=(0.5, 1.0), eval_batch=32)
+
+    def for_seed(self, seed: int) -> "DemoRecipe":
+        """The recipe of one run: `seed` draws everything, `seeds` holds only it."""
+        return dataclasses.replace(self, seed=seed, seeds=(seed,))
+
+    def model_seed(self, size: ModelSize) -> int:
+        """The init and data-order seed of a model of this run."""
+        return size.seed + SEED_STRIDE * self.seed
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples as lists, model sizes as dicts)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def stage_key(self, *fields: str) -> str:
-        """A short hash of the named fields: the cache key of a stage that depends on them."""
+    def stage_key(self, *fields: str, code: tuple[str, ...] = ()) -> str:
+        """A short hash of everything that changes a stage's result: the named recipe fields, the
+        machine's arithmetic (torch / transformers versions, the CPU code path torch runs:
+        `environment()`), and the source of the modules in `code` (paths under tita_ext/)."""
         values = self.as_dict()
-        text = json.dumps({f: values[f] for f in fields}, sort_keys=True)
+        text = json.dumps({"fields": {f: values[f] for f in fields}, "environment": environment(),
+                           "code": code_version(code)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def environment() -> dict[str, str]:
+    """What besides the recipe changes a trained model's numbers: library versions and the CPU
+    instruction set torch's kernels use (AVX2 and AVX-512 paths round differently)."""
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent
+
+
+def code_version(paths: tuple[str, ...]) -> str:
+    """A hash of these source files (relative to the tita_ext package): a stage whose code
+    changed is trained again."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.encode() + b"\0" + (PACKAGE / path).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 # The fields each cached stage depends on (its own and every earlier stage's).
-WORLD_FIELDS = ("world_seed", "image_size", "world_bias", "world_test_bias")
+WORLD_FIELDS = ("seed", "image_size", "world_bias", "world_test_bias", "world_size_range")
 SFT_FIELDS = WORLD_FIELDS + ("train_scenes", "sft_epochs", "sft_lr", "sft_batch")
 BASE_FIELDS = SFT_FIELDS + ("base",)
-REWARD_SFT_FIELDS = SFT_FIELDS + ("reward",)
+REWARD_SFT_FIELDS = SFT_FIELDS + ("reward", "reward_train_scenes")
 PAIR_FIELDS = BASE_FIELDS + ("pair_scenes", "pair_split", "noise_step")
-DPO_FIELDS = PAIR_FIELDS + ("reward", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_batch", "dpo_rpo_alpha")
+DPO_FIELDS = PAIR_FIELDS + ("reward", "reward_train_scenes", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_batch",
+                            "dpo_rpo_alpha")
+
+# The source each cached stage runs (its own and every earlier stage's), under tita_ext/.
+WORLD_CODE = ("world/scenes.py", "world/render.py", "world/text.py", "demo/stages.py")
+SFT_CODE = WORLD_CODE + ("tiny_models.py", "training/sft.py", "training/dpo.py", "training/loop.py")
+PAIR_CODE = SFT_CODE + ("training/pairs.py",)
+DPO_CODE = PAIR_CODE

@@ -1,5 +1,6 @@
-"""The demo's result: the alpha chosen on validation scenes, the summary JSON (benchmarks/results/
-demo.json), the printed table and the plot."""
+"""The demo's result over its seeds: the alpha each seed chose on validation scenes, the summary
+JSON (benchmarks/results/demo.json) with every seed's value, mean and spread, the paired tests
+and the three checks, the printed table and the plot."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import json
 import os
 import pathlib
 import platform
-from typing import Any, Mapping
-
-import torch
+from typing import Any, Mapping, Sequence
 
 from ..world import POPE_SPLITS
-from .recipe import DemoRecipe
+from .recipe import DemoRecipe, environment
+from .stats import describe, paired_t_test, sign_flip_test
 
 SELECTION_SPLIT = "adversarial"
-COMPARISON_NAMES = {"reward_before_dpo": "reward model alone, before DPO",
-                    "reward_after_dpo": "reward model alone, after DPO",
-                    "base_with_dpo_delta": "base + DPO's change only (alpha 1)"}
+SIGNIFICANCE = 0.05
+# The settings scored on the test scenes, in table order.
+ROW_NAMES = {"base": "the base alone",
+             "reward_before_dpo": "reward model alone, before DPO",
+             "reward_after_dpo": "reward model alone, after DPO",
+             "guided_before_dpo": "base guided by the reward before DPO",
+             "tita": "TITA (reward after DPO)"}
+CURVES = ("tita", "guided_before_dpo")  # alpha sweeps kept for the plot
 
 
 def choose_alpha(validation: Mapping[str, Any], split: str = SELECTION_SPLIT) -> float:
@@ -38,45 +43,115 @@ def _rounded(metrics: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def demo_summary(recipe: DemoRecipe, validation: Mapping[str, Any], test: Mapping[str, Any], alpha: float,
-                 comparisons: Mapping[str, Mapping[str, Any]], timings: Mapping[str, float], seconds: float,
-                 models: Mapping[str, str], pairs: int) -> dict[str, Any]:
-    """The demo's JSON record.
+def _sweep(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """F1 per split at alpha 0 (the base alone) and every swept alpha, keys as "%g" strings."""
+    return {s: {"0": round(r["base"]["f1"], 2), **{f"{a:g}": round(m["f1"], 2) for a, m in r["alphas"].items()}}
+            for s, r in results["splits"].items()}
 
-    base / tita: per POPE split of the test scenes, the metrics (accuracy, precision, recall, f1,
-    yes_ratio, false_yes on a 0-100 scale; n, tp, fp, tn, fn) of the base alone and of TITA at
-    the chosen alpha; tita also holds that alpha. gain: tita minus base F1 per split.
-    comparisons: name -> per split metrics of evaluate_pope results at alpha 1, for comparison:
-    reward_before_dpo / reward_after_dpo (the reward model decoding alone) and base_with_dpo_delta
-    (s = log p_base + log p_reward - log p_reward_before_dpo: only what DPO changed). sweep: test F1 per split at every
-    alpha (the plot's lines); validation: the same on the validation scenes (what chose alpha)."""
-    splits = [s for s in POPE_SPLITS if s in test["splits"]]
-    base = {s: _rounded(test["splits"][s]["base"]) for s in splits}
-    tita = {s: _rounded(test["splits"][s]["alphas"][alpha]) for s in splits}
 
-    def sweep(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-        return {s: {"0": round(results["splits"][s]["base"]["f1"], 2),
-                    **{f"{a:g}": round(m["f1"], 2) for a, m in results["splits"][s]["alphas"].items()}}
-                for s in splits}
+def seed_record(recipe: DemoRecipe, validation: Mapping[str, Any], sweeps: Mapping[str, Mapping[str, Any]],
+                alone: Mapping[str, Mapping[str, Any]], alpha: float, *, pairs: int, timings: Mapping[str, float],
+                cached: Sequence[str], seconds: float, cpu_seconds: float, models: Mapping[str, str]) -> dict[str, Any]:
+    """One seed's JSON record.
 
+    sweeps: "tita" and "guided_before_dpo" -> evaluate_pope results on the test scenes (the base
+    guided by the reward model after / before DPO at every alpha); alone: "reward_before_dpo" /
+    "reward_after_dpo" -> evaluate_pope results holding alpha 1 without a reference (the model
+    decoding alone). test: per ROW_NAMES setting and split, the POPE metrics (0-100, plus
+    false_yes); the guided rows at the alpha chosen on validation."""
+    tita = sweeps["tita"]["splits"]
+    before = sweeps["guided_before_dpo"]["splits"]
+    test = {"base": {s: _rounded(r["base"]) for s, r in tita.items()},
+            **{name: {s: _rounded(r["alphas"][1.0]) for s, r in alone[name]["splits"].items()} for name in alone},
+            "guided_before_dpo": {s: _rounded(r["alphas"][alpha]) for s, r in before.items()},
+            "tita": {s: _rounded(r["alphas"][alpha]) for s, r in tita.items()}}
+    return {"seed": recipe.seed, "alpha": alpha, "pairs": pairs, "test": {k: test[k] for k in ROW_NAMES},
+            "sweep": {name: _sweep(sweeps[name]) for name in CURVES}, "validation": _sweep(validation),
+            "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "from_cache": list(cached),
+            "models": dict(models)}
+
+
+def _tests(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    return {"paired_t": paired_t_test(a, b), "sign_flip": sign_flip_test(a, b)}
+
+
+def _checks(rows: Mapping[str, Any], tests: Mapping[str, Any], split: str = SELECTION_SPLIT) -> dict[str, Any]:
+    """(a) each reward model alone is weaker than the base, (b) TITA beats the base and both reward
+    models alone, (c) the gain comes from DPO: TITA beats the same guidance with the reward model
+    before DPO, significantly (paired t-test over seeds). All on the seed mean of `split`'s F1."""
+    mean = {name: rows[name][split]["f1"]["mean"] for name in rows}
+    alone = max(mean["reward_before_dpo"], mean["reward_after_dpo"])
+    versus_before = tests[split]["tita_vs_guided_before_dpo"]["paired_t"]
+    versus_base = tests[split]["tita_vs_base"]["paired_t"]
+    gain, gain_before = mean["tita"] - mean["base"], mean["guided_before_dpo"] - mean["base"]
     return {
-        "base": base,
-        "tita": {"alpha": alpha, "reference": recipe.reference, **tita},
-        "alpha": alpha,
-        "gain": {s: round(tita[s]["f1"] - base[s]["f1"], 2) for s in splits},
-        "comparisons": {name: {s: _rounded(r["splits"][s]["alphas"][1.0]) for s in splits}
-                        for name, r in comparisons.items()},
-        "seconds": round(seconds, 1),
-        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "sweep": sweep(test),
-        "validation": sweep(validation),
-        "selection": f"the alpha below 1 with the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} validation scenes",
-        "pairs": pairs,
-        "models": dict(models),
-        "recipe": recipe.as_dict(),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "transformers": _version("transformers")},
+        "split": split,
+        "a_reward_alone_weaker_than_base": {
+            "holds": alone < mean["base"],
+            "detail": f"reward alone before DPO {mean['reward_before_dpo']:.1f}, after DPO "
+                      f"{mean['reward_after_dpo']:.1f}, base {mean['base']:.1f}"},
+        "b_tita_beats_both": {
+            "holds": mean["tita"] > mean["base"] and mean["tita"] > alone,
+            "detail": f"TITA {mean['tita']:.1f} vs base {mean['base']:.1f} (paired t p={versus_base['p']:.3g}) "
+                      f"and best reward alone {alone:.1f}"},
+        "c_gain_from_dpo": {
+            "holds": versus_before["mean_difference"] > 0 and versus_before["p"] < SIGNIFICANCE,
+            "detail": f"gain over the base {gain:+.1f} with the reward after DPO, {gain_before:+.1f} with it before "
+                      f"DPO at the same alpha (TITA - before: {versus_before['mean_difference']:+.1f}, "
+                      f"paired t p={versus_before['p']:.3g})"},
+        "tita_significantly_above_base": versus_base["mean_difference"] > 0 and versus_base["p"] < SIGNIFICANCE,
     }
+
+
+def demo_summary(recipe: DemoRecipe, records: Sequence[Mapping[str, Any]], *, seconds: float, cpu_seconds: float,
+                 jobs: int) -> dict[str, Any]:
+    """The demo's JSON record over the seeds (records from `seed_record`, in seed order).
+
+    rows: per ROW_NAMES setting and split, f1 and false_yes as mean / sd / min / max / values
+    (one per seed, in `seeds` order). gain: TITA minus the base, per split. tests: per split,
+    paired t-test and exact sign-flip test over seeds of TITA vs the base and vs the guidance with
+    the reward model before DPO. checks: (a)-(c) (see _checks). curves: per guided setting and
+    split, F1 at every alpha over seeds (alpha 0: the base alone, 1: the reward model alone)."""
+    splits = [s for s in POPE_SPLITS if s in records[0]["test"]["base"]]
+
+    def values(name: str, split: str, metric: str = "f1") -> list[float]:
+        return [r["test"][name][split][metric] for r in records]
+
+    rows = {name: {s: {m: describe(values(name, s, m)) for m in ("f1", "false_yes")} for s in splits}
+            for name in ROW_NAMES}
+    tests = {s: {"tita_vs_base": _tests(values("tita", s), values("base", s)),
+                 "tita_vs_guided_before_dpo": _tests(values("tita", s), values("guided_before_dpo", s))}
+             for s in splits} if len(records) > 1 else {}
+    alphas = ["0"] + [f"{a:g}" for a in recipe.alphas]
+    curves = {name: {s: {a: describe([r["sweep"][name][s][a] for r in records]) for a in alphas} for s in splits}
+              for name in CURVES}
+    return {
+        "seeds": [r["seed"] for r in records],
+        "rows": rows,
+        "gain": {s: describe([t - b for t, b in zip(values("tita", s), values("base", s))]) for s in splits},
+        "tests": tests,
+        "checks": _checks(rows, tests) if tests else {},
+        "alphas": [r["alpha"] for r in records],
+        "curves": curves,
+        "selection": f"per seed, the alpha below 1 with the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} "
+                     f"validation scenes",
+        "pairs": [r["pairs"] for r in records],
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "per_seed": list(records),
+        "recipe": recipe.as_dict(),
+        "machine": machine(jobs),
+    }
+
+
+def machine(jobs: int) -> dict[str, Any]:
+    """Where the numbers come from: processor, the instruction set torch ran, versions, cores."""
+    import numpy
+
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "jobs": jobs, "threads_per_seed": 1,
+            "python": platform.python_version(), "numpy": numpy.__version__, **environment(),
+            "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY", "")}
 
 
 def _cpu_name() -> str:
@@ -91,69 +166,90 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
+def _cell(stats: Mapping[str, float]) -> str:
+    return f"{stats['mean']:5.1f} ± {stats['sd']:4.1f}"
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The closing table: per test split, F1 and the share of absent objects answered "yes"."""
-    splits = list(summary["base"])
-    rows = [("the base alone", summary["base"])]
-    rows += [(COMPARISON_NAMES.get(k, k), v) for k, v in summary["comparisons"].items()]
-    rows.append((f"TITA, alpha {summary['alpha']:g}", summary["tita"]))
-    lines = [f"POPE on {summary['recipe']['test_scenes']} held-out scenes: F1 % (share of absent objects "
-             f"answered yes); alpha chosen on validation scenes",
-             f"  {'':<36}" + "".join(f"{s:>16}" for s in splits)]
-    for name, by_split in rows:
-        lines.append(f"  {name:<36}" + "".join(f"{by_split[s]['f1']:>9.1f} ({by_split[s]['false_yes']:>3.0f}%)"
-                                              for s in splits))
-    lines.append(f"  {'TITA over the base':<36}" + "".join(f"{summary['gain'][s]:>+9.1f}{'':7}" for s in splits))
-    lines.append(f"total {summary['seconds']:.0f} s")
+    """The closing tables: per setting and test split, F1 mean ± sd over seeds (and the mean share
+    of absent objects answered "yes"); every seed's adversarial F1; the tests and the checks."""
+    rows, splits, seeds = summary["rows"], list(summary["gain"]), summary["seeds"]
+    recipe = summary["recipe"]
+    lines = [f"POPE on {recipe['test_scenes']} held-out scenes per seed, {len(seeds)} seeds: F1 % mean ± sd "
+             f"(mean share of absent objects answered yes); alpha chosen per seed on validation scenes",
+             f"  {'':<38}" + "".join(f"{s:>22}" for s in splits)]
+    for name, label in ROW_NAMES.items():
+        cells = [f"{_cell(rows[name][s]['f1'])} ({rows[name][s]['false_yes']['mean']:>3.0f}%)" for s in splits]
+        lines.append(f"  {label:<38}" + "".join(cells))
+    gains = [f"{summary['gain'][s]['mean']:>+8.1f} ± {summary['gain'][s]['sd']:4.1f}{'':7}" for s in splits]
+    lines.append(f"  {'TITA over the base':<38}" + "".join(gains))
+    lines.append(f"\n{SELECTION_SPLIT} F1 per seed " + "".join(f"{s:>8}" for s in seeds))
+    for name, label in ROW_NAMES.items():
+        lines.append(f"  {label:<38}" + "".join(f"{v:>8.1f}" for v in rows[name][SELECTION_SPLIT]["f1"]["values"]))
+    lines.append(f"  {'alpha chosen':<38}" + "".join(f"{a:>8g}" for a in summary["alphas"]))
+    if summary["tests"]:
+        lines.append("\npaired tests over seeds (two-sided p):")
+        for s in splits:
+            for key, label in (("tita_vs_base", "TITA vs the base"),
+                               ("tita_vs_guided_before_dpo", "TITA vs guidance before DPO")):
+                test = summary["tests"][s][key]
+                lines.append(f"  {s:<12} {label:<30} {test['paired_t']['mean_difference']:>+6.1f}  "
+                             f"t={test['paired_t']['t']:.2f} p={test['paired_t']['p']:.3g}   "
+                             f"sign-flip p={test['sign_flip']['p']:.3g}")
+        checks = summary["checks"]
+        lines.append(f"\nchecks on the seed mean ({checks['split']} F1):")
+        for key, label in (("a_reward_alone_weaker_than_base", "(a) the reward model alone is weaker than the base"),
+                           ("b_tita_beats_both", "(b) TITA beats the base and the reward model alone"),
+                           ("c_gain_from_dpo", "(c) the gain comes from DPO")):
+            lines.append(f"  {label}: {'yes' if checks[key]['holds'] else 'NO'} ({checks[key]['detail']})")
+    cpu = summary["machine"]
+    lines.append(f"\ntotal {summary['seconds']:.0f} s wall, {summary['cpu_seconds']:.0f} s CPU "
+                 f"({summary['machine']['jobs']} seeds at a time; {cpu['cpu']}, {cpu['cpu_capability']})")
     return "\n".join(lines)
 
 
 def write_summary(summary: Mapping[str, Any], path: pathlib.Path) -> None:
+    """The summary as indented JSON, written atomically (a temporary file renamed over `path`)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def plot_demo(summary: Mapping[str, Any], png_path: pathlib.Path) -> None:
-    """Two panels: test F1 per split of the base alone, each reward model alone and TITA (bars),
-    and test F1 against alpha (lines; the chosen alpha dashed)."""
+    """Two panels: test F1 per split and setting, the seed mean (bar), its sd (error bar) and every
+    seed (dots); and adversarial F1 against alpha, mean ± sd band, for TITA and for the same
+    guidance with the reward model before DPO."""
     from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
 
-    splits = list(summary["base"])
-    rows = [("base alone", summary["base"])]
-    rows += [(COMPARISON_NAMES.get(k, k), v) for k, v in summary["comparisons"].items()]
-    rows.append((f"TITA (alpha {summary['alpha']:g})", summary["tita"]))
-    fig = Figure(figsize=(10, 4.6), dpi=120)
-    bars, lines = fig.subplots(1, 2, width_ratios=(1.3, 1))
-    width = 0.8 / len(rows)
-    for i, (name, by_split) in enumerate(rows):
-        xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(splits))]
-        values = [by_split[s]["f1"] for s in splits]
-        bars.bar(xs, values, width, label=name)
-        for x, v in zip(xs, values):
-            bars.text(x, v + 0.4, f"{v:.1f}", ha="center", fontsize=6.5)
+    rows, splits = summary["rows"], list(summary["gain"])
+    fig = Figure(figsize=(11, 4.8), dpi=120)
+    bars, lines = fig.subplots(1, 2, width_ratios=(1.4, 1))
+    width = 0.8 / len(ROW_NAMES)
+    for i, (name, label) in enumerate(ROW_NAMES.items()):
+        xs = [k + (i - (len(ROW_NAMES) - 1) / 2) * width for k in range(len(splits))]
+        stats = [rows[name][s]["f1"] for s in splits]
+        bars.bar(xs, [st["mean"] for st in stats], width, yerr=[st["sd"] for st in stats], capsize=2, label=label)
+        for x, st in zip(xs, stats):
+            bars.scatter([x] * len(st["values"]), st["values"], s=5, color="black", zorder=3)
     bars.set_xticks(range(len(splits)), splits)
     bars.set_ylabel("F1 (%)")
-    low = min(by_split[s]["f1"] for _, by_split in rows for s in splits)
-    bars.set_ylim(max(0.0, low - 15), 100)
-    bars.set_title("POPE on held-out scenes")
-    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=7, frameon=False)
-    for split, points in summary["sweep"].items():
+    low = min(v for name in ROW_NAMES for s in splits for v in rows[name][s]["f1"]["values"])
+    bars.set_ylim(max(0.0, low - 10), 100)
+    bars.set_title(f"POPE on held-out scenes: mean ± sd over {len(summary['seeds'])} seeds (dots: each seed)")
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, fontsize=7, frameon=False)
+    for name in CURVES:
+        points = summary["curves"][name][SELECTION_SPLIT]
         xs = sorted(points, key=float)
-        lines.plot([float(x) for x in xs], [points[x] for x in xs], marker="o", label=split)
-    lines.axvline(summary["alpha"], color="grey", lw=0.8, ls="--")
+        mean = [points[x]["mean"] for x in xs]
+        sd = [points[x]["sd"] for x in xs]
+        line = lines.plot([float(x) for x in xs], mean, marker="o", label=ROW_NAMES[name])[0]
+        lines.fill_between([float(x) for x in xs], [m - d for m, d in zip(mean, sd)],
+                           [m + d for m, d in zip(mean, sd)], color=line.get_color(), alpha=0.2)
     lines.set_xlabel("alpha (0: the base alone, 1: the reward model alone)")
-    lines.set_ylabel("F1 (%)")
-    lines.set_title("F1 against the guidance weight")
+    lines.set_ylabel(f"{SELECTION_SPLIT} F1 (%)")
+    lines.set_title("F1 against the guidance weight (mean ± sd)")
     lines.grid(alpha=0.3)
     lines.legend(fontsize=8)
     fig.tight_layout()

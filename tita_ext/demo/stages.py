@@ -24,18 +24,19 @@ VALIDATION_OFFSET = 1  # World.scenes seed offset of the validation images (test
 # Seed offset of the scenes the pairs are built on: apart from the SFT scenes (train, 0) and from
 # the validation and test scenes (test, 1 and 0).
 PAIR_OFFSET = {"train": 1, "test": 2}
+NOISE_SEED_STRIDE = 10**7  # the pairs' noise seeds: this times the run's seed, plus the item's index
 
 
 def make_world(recipe: DemoRecipe) -> World:
     """The recipe's world: every shape in its own colour (see World's shape_colors)."""
-    return World(seed=recipe.world_seed, image_size=recipe.image_size, bias=recipe.world_bias,
-                 test_bias=recipe.world_test_bias, shape_colors=True)
+    return World(seed=recipe.seed, image_size=recipe.image_size, bias=recipe.world_bias,
+                 test_bias=recipe.world_test_bias, size_range=recipe.world_size_range, shape_colors=True)
 
 
-def new_model(size: ModelSize) -> torch.nn.Module:
-    """An untrained tiny LLaVA of this size (its weights a function of size.seed)."""
+def new_model(size: ModelSize, seed: int) -> torch.nn.Module:
+    """An untrained tiny LLaVA of this size (its weights a function of `seed`)."""
     return tiny_llava(hidden_size=size.hidden_size, layers=size.layers, vision_hidden_size=size.vision_hidden_size,
-                      vision_layers=size.vision_layers, seed=size.seed)
+                      vision_layers=size.vision_layers, seed=seed)
 
 
 def load_model(folder: pathlib.Path) -> torch.nn.Module:
@@ -52,18 +53,25 @@ def save_model(model: torch.nn.Module, folder: pathlib.Path) -> None:
 
 
 def sft_rows(world: World, recipe: DemoRecipe, processor: Any, progress: bool) -> list[dict]:
-    """The supervised rows: every training scene's caption and its six yes/no questions."""
+    """The supervised rows: every training scene's caption and its six yes/no questions, scene by
+    scene (the first k scenes' rows are `rows_per_scene() * k` rows)."""
     examples = [(render(scene), prompt, answer)
                 for scene in world.scenes(recipe.train_scenes, "train") for prompt, answer in qa_examples(scene)]
     return encode_examples(processor, examples, progress=progress)
 
 
+def rows_per_scene() -> int:
+    """Supervised rows per training scene: the caption and one question per shape."""
+    return 1 + len(SHAPES)
+
+
 def train_supervised(size: ModelSize, rows: list[dict], recipe: DemoRecipe, processor: Any,
                      progress: bool) -> tuple[torch.nn.Module, dict]:
     """A new model of `size` trained on `rows`; returns (model, train_sft's record)."""
-    model = new_model(size)
+    seed = recipe.model_seed(size)
+    model = new_model(size, seed)
     record = train_sft(model, processor, rows, lr=recipe.sft_lr, epochs=recipe.sft_epochs,
-                       batch_size=recipe.sft_batch, seed=size.seed, progress=progress)
+                       batch_size=recipe.sft_batch, seed=seed, progress=progress)
     return record.pop("model"), record
 
 
@@ -82,7 +90,7 @@ def make_pairs(base: torch.nn.Module, world: World, recipe: DemoRecipe, processo
     their count."""
     items = pair_items(world, recipe)
     pairs = build_pairs(base, processor, items, step=recipe.noise_step, max_new_tokens=3, batch_size=64,
-                        prompt_template=TEMPLATE, progress=progress)
+                        prompt_template=TEMPLATE, seed=NOISE_SEED_STRIDE * recipe.seed, progress=progress)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     names: dict[int, str] = {}
     stored = []
@@ -108,7 +116,7 @@ def train_reward(reward_sft: torch.nn.Module, pairs: list[PreferencePair], recip
     model = copy.deepcopy(reward_sft)
     record = train_reward_dpo(model, processor, pairs, beta=recipe.dpo_beta, lr=recipe.dpo_lr,
                               epochs=recipe.dpo_epochs, batch_size=recipe.dpo_batch,
-                              rpo_alpha=recipe.dpo_rpo_alpha, progress=progress)
+                              rpo_alpha=recipe.dpo_rpo_alpha, seed=recipe.seed, progress=progress)
     return record.pop("model"), record
 
 
