@@ -61,8 +61,12 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, int, int) {
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
+namespace emu {
+inline void count_load(size_t bytes);
+}
 template <typename T>
 inline T __ldg(const T* p) {
+  emu::count_load(sizeof(T));
   return *p;
 }
 
@@ -180,6 +184,31 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+// The pool every emulated launch runs on (TITA_LAUNCH in csrc/cuda/launch.h).
+inline void launch(dim3 grid, const std::function<void()>& body) {
+  static Pool pool;
+  pool.run(grid, body);
+}
+
+// Global-memory traffic and row paths of the calls since reset_counters (csrc/cuda/block_reduce.cuh
+// gload / gstore / __ldg, TITA_TRACE_PATH).
+inline std::atomic<int64_t> loaded{0}, stored{0};
+inline std::vector<int32_t> paths;  // per row: the last RowPath recorded (0: none)
+inline std::atomic<int32_t> path_writes{0};
+inline void count_load(size_t bytes) { loaded.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
+inline void count_store(size_t bytes) { stored.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
+inline void trace_path(int64_t row, int32_t path) {
+  if (threadIdx.x != 0) return;
+  if (row >= 0 && static_cast<size_t>(row) < paths.size()) paths[row] = path;
+  path_writes.fetch_add(1);
+}
+inline void reset_counters(int64_t rows) {
+  loaded = 0;
+  stored = 0;
+  path_writes = 0;
+  paths.assign(static_cast<size_t>(rows), 0);
+}
+
 }  // namespace emu
 
 inline void __syncthreads() { emu::block_barrier().arrive_and_wait(); }
@@ -196,3 +225,18 @@ inline T __shfl_up_sync(unsigned, T v, unsigned d) {
   return emu::exchange(v, lane >= static_cast<int>(d) ? static_cast<int>(threadIdx.x - d) : static_cast<int>(threadIdx.x));
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+inline unsigned atomicMin(unsigned* p, unsigned v) {
+  std::atomic_ref<unsigned> a(*p);
+  unsigned old = a.load();
+  while (v < old && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+  std::atomic_ref<unsigned> a(*p);
+  unsigned old = a.load();
+  while (v > old && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}
