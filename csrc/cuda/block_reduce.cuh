@@ -44,6 +44,18 @@ __device__ __forceinline__ T gload(const T* p) {
   TITA_COUNT_LOAD(sizeof(T));
   return *p;
 }
+// A load of what other blocks wrote in this kernel (past L1, which is not coherent across SMs).
+template <typename T>
+__device__ __forceinline__ T gload_l2(const T* p) {
+  static_assert(sizeof(T) % 4 == 0, "loaded as 32-bit words");
+  TITA_COUNT_LOAD(sizeof(T));
+  T v;
+  const unsigned* src = reinterpret_cast<const unsigned*>(p);
+  unsigned* dst = reinterpret_cast<unsigned*>(&v);
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(T) / 4); ++i) dst[i] = __ldcg(src + i);
+  return v;
+}
 // Global atomics (a read and a write of the word each).
 template <typename T>
 __device__ __forceinline__ T gatomic_add(T* p, T v) {

@@ -33,7 +33,9 @@ constexpr int kSliceSlots = 512;     // candidates one slice may hand over (more
 constexpr int kRowCands = 4096;      // candidates the finish holds in shared memory (more: fallback)
 constexpr int kMaxSlices = 2048;     // slices per row the finish can prefix-sum (more: fallback)
 constexpr int kBins = 2048;          // fallback histogram bins per row (linear in z over [zmin, zmax])
-constexpr int kGather = kRowCands;   // fallback: elements of the cut bins gathered per row
+constexpr int kGather = kRowCands;
+constexpr int kCoarseBins = 256;     // finish: histogram of the candidates when more than kRowCands pass T
+constexpr int kHistSlices = 8;       // fallback histogram: slices per block (fewer global flushes)   // fallback: elements of the cut bins gathered per row
 
 // Which path decided a row (the CPU emulation records it; tests bound the re-reads per path).
 enum RowPath : int32_t {
@@ -115,6 +117,7 @@ struct KernelArgs {
   uint32_t* hist_hi;      // [batch, kBins]: max okey of the bin
   RacePartial* race;      // [batch, slices]
   Cand* gathered;         // [batch, kGather]
+  int32_t* tickets;       // [batch, 2]: fallback blocks of the row done (histogram, gather)
   int64_t* tokens;        // guided_sample outputs [batch]
   float* logprob;
   float* token_reward;

@@ -1,15 +1,17 @@
 // The bounded fallback: rows the candidates could not decide (a nucleus, min-p window or top-k
 // reaching below the largest slice threshold; ties beyond a slice's slots). At most two more
 // reads of the row, spread over its slices like the scan:
-//   fallback_hist    (slice, row) blocks, histogram rows only: kBins bins linear in z over
+//   fallback_hist    (kHistSlices slices, row) blocks, histogram rows only: kBins bins linear in z over
 //                    [zmin, zmax]: counts, fp64 masses exp(z - zmax) (the reference's top-p terms),
 //                    min / max key per bin; shared-memory histograms, then global atomics;
-//   fallback_select  one block per row: the bin of the k-th largest and the bin of the top-p cut
-//                    (a range of bins when top-k leaves the top-p total uncertain inside its bin);
+//   select_row       the last histogram block of the row to arrive (atomic ticket): the bin of the
+//                    k-th largest and the bin of the top-p cut (a range of bins when top-k leaves
+//                    the top-p total uncertain inside its bin);
 //   fallback_gather  (slice, row) blocks: elements above the range are allowed (they enter the race
 //                    and the normaliser at once); elements inside it are gathered (<= kGather);
-//   fallback_finish  one block per row: the exact k-th largest and top-p cut over the sorted
-//                    gathered elements, their race, merged with the slices' winners.
+//   finish_row       the last gather block of the row to arrive: the exact k-th largest and top-p
+//                    cut over the sorted gathered elements, their race, merged with the slices'.
+// Two launches, whose blocks of rows the finish decided exit at once.
 // Rows whose threshold is known without a histogram (min-p alone; a tied cut bin) skip the first
 // pass. A cut range of more than kGather distinct values takes finish_general (RowPath::kGeneral).
 #pragma once
@@ -28,9 +30,9 @@ __device__ __forceinline__ int bin_of(const FallbackRow& fb, float z) {
 
 // f(z, id) for every finite z of this block's slice of the row (the scan's id layout).
 template <int kChunks, class F>
-__device__ __forceinline__ void each_slice_z(const KernelArgs& a, int64_t row, const ZParams& zp, F f) {
+__device__ __forceinline__ void each_slice_z(const KernelArgs& a, int64_t row, int64_t slice, const ZParams& zp, F f) {
   const RowPtrs rp = row_ptrs(a.in, row);
-  const int64_t v0 = static_cast<int64_t>(blockIdx.x) * a.slice_len;
+  const int64_t v0 = slice * a.slice_len;
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
     const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
@@ -54,41 +56,16 @@ __device__ __forceinline__ FallbackRow load_fallback(const KernelArgs& a, int64_
   return fb;
 }
 
-template <int kChunks>
-__global__ void __launch_bounds__(kThreads) fallback_hist_kernel(KernelArgs a) {
-  __shared__ int count[kBins];
-  __shared__ double mass[kBins];
-  __shared__ uint32_t lo[kBins], hi[kBins];
-  __shared__ FallbackRow shared;
-  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
-    const FallbackRow fb = load_fallback(a, row, shared);
-    if (fb.active != kFallbackHistogram) continue;
-    for (int i = threadIdx.x; i < kBins; i += kThreads) {
-      count[i] = 0;
-      mass[i] = 0.0;
-      lo[i] = 0xFFFFFFFFu;
-      hi[i] = 0u;
-    }
-    __syncthreads();
-    const ZParams zp = z_params(row_config(a, row), fb.floor);
-    each_slice_z<kChunks>(a, row, zp, [&](float z, int64_t) {
-      const int b = bin_of(fb, z);
-      atomicAdd(&count[b], 1);
-      atomicAdd(&mass[b], exp(static_cast<double>(__fsub_rn(z, fb.zmax))));
-      atomicMin(&lo[b], okey(z));
-      atomicMax(&hi[b], okey(z));
-    });
-    __syncthreads();
-    const int64_t at = row * kBins;
-    for (int i = threadIdx.x; i < kBins; i += kThreads) {
-      if (count[i] == 0) continue;
-      gatomic_add(&a.hist_count[at + i], count[i]);
-      gatomic_add(&a.hist_mass[at + i], mass[i]);
-      gatomic_min(&a.hist_lo[at + i], lo[i]);
-      gatomic_max(&a.hist_hi[at + i], hi[i]);
-    }
-    __syncthreads();
-  }
+// True in the last of `blocks` blocks to reach this point for the ticket's row: its writes and
+// every earlier block's are visible to it (fences on both sides of the ticket).
+__device__ __forceinline__ bool last_to_arrive(int32_t* ticket, unsigned blocks) {
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = gatomic_add(ticket, 1) == static_cast<int32_t>(blocks) - 1;
+  __syncthreads();
+  __threadfence();
+  return last != 0;
 }
 
 // Thread t holds kBinsPer consecutive bins from the top: order index i = t * kBinsPer + q is bin
@@ -107,14 +84,13 @@ __device__ __forceinline__ int first_reaching(const T* v, T before, T need, cons
   return block_reduce(found, MinIntOp{}, red);
 }
 
-__global__ void __launch_bounds__(kThreads) fallback_select_kernel(KernelArgs a) {
+// Run by the last histogram block of a row to arrive: the bins of the cut, from the whole row's
+// histogram (read past L1: other blocks wrote it).
+__device__ __forceinline__ void select_row(const KernelArgs& a, int64_t row, FallbackRow fb) {
   __shared__ ReduceSmem red;
   __shared__ int warp_int[kWarps];
   __shared__ double warp_dbl[kWarps];
-  __shared__ FallbackRow shared;
-  for (int64_t row = blockIdx.x; row < a.in.batch; row += gridDim.x) {
-    FallbackRow fb = load_fallback(a, row, shared);
-    if (fb.active != kFallbackHistogram) continue;
+  {
     const RowConfig c = row_config(a, row);
     int cnt[kBinsPer];
     double ms[kBinsPer];
@@ -123,8 +99,8 @@ __global__ void __launch_bounds__(kThreads) fallback_select_kernel(KernelArgs a)
 #pragma unroll
     for (int q = 0; q < kBinsPer; ++q) {
       const int64_t bin = row * kBins + (kBins - 1 - (threadIdx.x * kBinsPer + q));
-      cnt[q] = gload(&a.hist_count[bin]);
-      ms[q] = cnt[q] > 0 ? gload(&a.hist_mass[bin]) : 0.0;
+      cnt[q] = gload_l2(&a.hist_count[bin]);
+      ms[q] = cnt[q] > 0 ? gload_l2(&a.hist_mass[bin]) : 0.0;
       my_n += cnt[q];
       my_m += ms[q];
       if (cnt[q] > 0) last = threadIdx.x * kBinsPer + q;
@@ -173,14 +149,14 @@ __global__ void __launch_bounds__(kThreads) fallback_select_kernel(KernelArgs a)
     double m_end = 0.0;
     int n_end = 0;
     above(i_bot, m_end, n_end, own);
-    const int n_range = n_end + static_cast<int>(gload(&a.hist_count[row * kBins + kBins - 1 - i_bot])) - n_above;
+    const int n_range = n_end + gload_l2(&a.hist_count[row * kBins + kBins - 1 - i_bot]) - n_above;
     fb.b_hi = kBins - 1 - i_top;
     fb.b_lo = kBins - 1 - i_bot;
     fb.count_above = n_above;
     fb.mass_above = m_above;
     fb.n_gathered = 0;
     if (n_range > kGather) {
-      const uint32_t klo = gload(&a.hist_lo[row * kBins + fb.b_lo]), khi = gload(&a.hist_hi[row * kBins + fb.b_lo]);
+      const uint32_t klo = gload_l2(&a.hist_lo[row * kBins + fb.b_lo]), khi = gload_l2(&a.hist_hi[row * kBins + fb.b_lo]);
       if (fb.b_lo == fb.b_hi && klo == khi) {  // one value: the cut is that value, ties all kept
         fb.tau_min = fmaxf(fb.tau_min, from_okey(klo));
         fb.b_lo = fb.b_hi = -1;
@@ -194,46 +170,6 @@ __global__ void __launch_bounds__(kThreads) fallback_select_kernel(KernelArgs a)
   }
 }
 
-template <int kChunks>
-__global__ void __launch_bounds__(kThreads) fallback_gather_kernel(KernelArgs a) {
-  __shared__ ReduceSmem red;
-  __shared__ FallbackRow shared;
-  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
-    const FallbackRow fb = load_fallback(a, row, shared);
-    if (fb.active != kFallbackHistogram && fb.active != kFallbackThreshold) continue;
-    const RowConfig c = row_config(a, row);
-    const ZParams zp = z_params(c, fb.floor);
-    const NoiseAddress addr = a.choose && !c.greedy ? noise_address(a.noise, row) : NoiseAddress{0, 0, 0};
-    Best mine = best_none();
-    double norm = 0.0;
-    each_slice_z<kChunks>(a, row, zp, [&](float z, int64_t id) {
-      if (fb.b_hi >= 0) {
-        const int b = bin_of(fb, z);
-        if (b < fb.b_lo) return;
-        if (b <= fb.b_hi) {
-          const int at = gatomic_add(&a.fallback[row].n_gathered, 1);
-          if (at < kGather) gstore(&a.gathered[row * kGather + at], Cand{z, static_cast<int32_t>(id)});
-          return;
-        }
-      }
-      if (z < fb.tau_min) return;
-      norm += exp(static_cast<double>(__fsub_rn(z, fb.zmax)));
-      if (!a.choose) return;
-      if (c.greedy) {
-        const Best e{z, z, static_cast<int32_t>(id)};
-        if (beats(e, mine)) mine = e;
-        return;
-      }
-      if (mine.id >= 0 && z + kGumbelMax < mine.key) return;
-      const Best e{__fadd_rn(z, gumbel_of(addr, id)), z, static_cast<int32_t>(id)};
-      if (beats(e, mine)) mine = e;
-    });
-    mine = block_reduce(mine, BestOp{}, red);
-    norm = block_reduce(norm, SumDoubleOp{}, red);
-    if (threadIdx.x == 0) gstore(&a.race[row * a.slices + blockIdx.x], RacePartial{mine, norm});
-  }
-}
-
 // The exact cut over the gathered elements (sorted): tau, or false when the histogram's bins and
 // the gathered values disagree (then the row takes finish_general).
 __device__ __forceinline__ bool gathered_cut(const RowConfig& c, const FallbackRow& fb, const Cand* cands, int n,
@@ -241,8 +177,8 @@ __device__ __forceinline__ bool gathered_cut(const RowConfig& c, const FallbackR
   float tau_k = TITA_NEG_INF;
   if (fb.k_active) {
     const int64_t pos = c.top_k - fb.count_above - 1;
-    if (pos >= n) return false;
-    if (pos >= 0) tau_k = cands[pos].z;  // pos < 0: fewer than k finite ids, top-k keeps all
+    if (pos < 0 || pos >= n) return false;  // the k-th largest outside the gathered bins: inconsistent
+    tau_k = cands[pos].z;
   }
   float tau_p = TITA_NEG_INF;
   if (c.top_p < 1.0f) {
@@ -271,14 +207,13 @@ __device__ __forceinline__ bool gathered_cut(const RowConfig& c, const FallbackR
   return true;
 }
 
-__global__ void __launch_bounds__(kThreads, 1) fallback_finish_kernel(KernelArgs a) {
+// Run by the last gather block of a row to arrive: the exact cut over the gathered ids, the race
+// merged with the slices' winners, and the row's outputs.
+__device__ __forceinline__ void finish_row(const KernelArgs& a, int64_t row, const FallbackRow& fb) {
   __shared__ Cand cands[kGather];
   __shared__ double warp_dbl[kWarps];
   __shared__ ReduceSmem red;
-  __shared__ FallbackRow shared;
-  for (int64_t row = blockIdx.x; row < a.in.batch; row += gridDim.x) {
-    const FallbackRow fb = load_fallback(a, row, shared);
-    if (fb.active == kFallbackNone) continue;
+  {
     const RowConfig c = row_config(a, row);
     RowResult res;
     bool general = fb.active == kFallbackGeneral;
@@ -286,26 +221,25 @@ __global__ void __launch_bounds__(kThreads, 1) fallback_finish_kernel(KernelArgs
       Best best = best_none();
       double norm = 0.0;
       for (int64_t i = threadIdx.x; i < a.slices; i += kThreads) {
-        const RacePartial p = gload(&a.race[row * a.slices + i]);
+        const RacePartial p = gload_l2(&a.race[row * a.slices + i]);
         if (beats(p.best, best)) best = p.best;
         norm += p.norm;
       }
       float tau = fb.tau_min;
       if (fb.active == kFallbackHistogram) {
-        const int n = fb.n_gathered < kGather ? fb.n_gathered : kGather;
-        for (int i = threadIdx.x; i < n; i += kThreads) cands[i] = gload(&a.gathered[row * kGather + i]);
+        const int gathered = gload_l2(&a.fallback[row].n_gathered);
+        const int n = gathered < kGather ? gathered : kGather;
+        for (int i = threadIdx.x; i < n; i += kThreads) cands[i] = gload_l2(&a.gathered[row * kGather + i]);
         __syncthreads();
         bitonic_sort(cands, n);
-        general = fb.n_gathered > kGather || !gathered_cut(c, fb, cands, n, warp_dbl, red, tau);
+        general = gathered > kGather || !gathered_cut(c, fb, cands, n, warp_dbl, red, tau);
         if (!general) {
           const NoiseAddress addr = a.choose && !c.greedy ? noise_address(a.noise, row) : NoiseAddress{0, 0, 0};
           for (int i = threadIdx.x; i < n; i += kThreads) {
             const Cand x = cands[i];
             if (x.z < tau) continue;
             norm += exp(static_cast<double>(__fsub_rn(x.z, fb.zmax)));
-            if (!a.choose) continue;
-            const Best e{c.greedy ? x.z : __fadd_rn(x.z, gumbel_of(addr, x.id)), x.z, x.id};
-            if (beats(e, best)) best = e;
+            if (a.choose) race_enter(best, x.z, x.id, c.greedy, addr);
           }
         }
       }
@@ -324,6 +258,85 @@ __global__ void __launch_bounds__(kThreads, 1) fallback_finish_kernel(KernelArgs
       TITA_TRACE_PATH(row, kPathGeneral);
     }
     write_row(a, row, res);
+    __syncthreads();
+  }
+}
+
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) fallback_gather_kernel(KernelArgs a) {
+  __shared__ ReduceSmem red;
+  __shared__ FallbackRow shared;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const FallbackRow fb = load_fallback(a, row, shared);
+    if (fb.active == kFallbackNone) continue;
+    if (fb.active == kFallbackGeneral) {  // too many distinct values in the cut bins: one block decides
+      if (blockIdx.x == 0) finish_row(a, row, fb);
+      continue;
+    }
+    const RowConfig c = row_config(a, row);
+    const ZParams zp = z_params(c, fb.floor);
+    const NoiseAddress addr = a.choose && !c.greedy ? noise_address(a.noise, row) : NoiseAddress{0, 0, 0};
+    Best mine = best_none();
+    double norm = 0.0;
+    each_slice_z<kChunks>(a, row, blockIdx.x, zp, [&](float z, int64_t id) {
+      if (fb.b_hi >= 0) {
+        const int b = bin_of(fb, z);
+        if (b < fb.b_lo) return;
+        if (b <= fb.b_hi) {
+          const int at = gatomic_add(&a.fallback[row].n_gathered, 1);
+          if (at < kGather) gstore(&a.gathered[row * kGather + at], Cand{z, static_cast<int32_t>(id)});
+          return;
+        }
+      }
+      if (z < fb.tau_min) return;
+      norm += exp(static_cast<double>(__fsub_rn(z, fb.zmax)));
+      if (a.choose) race_enter(mine, z, id, c.greedy, addr);
+    });
+    mine = block_reduce(mine, BestOp{}, red);
+    norm = block_reduce(norm, SumDoubleOp{}, red);
+    if (threadIdx.x == 0) gstore(&a.race[row * a.slices + blockIdx.x], RacePartial{mine, norm});
+    if (last_to_arrive(&a.tickets[2 * row + 1], gridDim.x)) finish_row(a, row, fb);
+    __syncthreads();
+  }
+}
+
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) fallback_hist_kernel(KernelArgs a) {
+  __shared__ int count[kBins];
+  __shared__ double mass[kBins];
+  __shared__ uint32_t lo[kBins], hi[kBins];
+  __shared__ FallbackRow shared;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const FallbackRow fb = load_fallback(a, row, shared);
+    if (fb.active != kFallbackHistogram) continue;
+    for (int i = threadIdx.x; i < kBins; i += kThreads) {
+      count[i] = 0;
+      mass[i] = 0.0;
+      lo[i] = 0xFFFFFFFFu;
+      hi[i] = 0u;
+    }
+    __syncthreads();
+    const ZParams zp = z_params(row_config(a, row), fb.floor);
+    const int64_t s_end = (blockIdx.x + 1) * int64_t{kHistSlices};
+    for (int64_t s = blockIdx.x * int64_t{kHistSlices}; s < s_end && s < a.slices; ++s) {
+      each_slice_z<kChunks>(a, row, s, zp, [&](float z, int64_t) {
+        const int b = bin_of(fb, z);
+        atomicAdd(&count[b], 1);
+        atomicAdd(&mass[b], exp(static_cast<double>(__fsub_rn(z, fb.zmax))));
+        atomicMin(&lo[b], okey(z));
+        atomicMax(&hi[b], okey(z));
+      });
+    }
+    __syncthreads();
+    const int64_t at = row * kBins;
+    for (int i = threadIdx.x; i < kBins; i += kThreads) {
+      if (count[i] == 0) continue;
+      gatomic_add(&a.hist_count[at + i], count[i]);
+      gatomic_add(&a.hist_mass[at + i], mass[i]);
+      gatomic_min(&a.hist_lo[at + i], lo[i]);
+      gatomic_max(&a.hist_hi[at + i], hi[i]);
+    }
+    if (last_to_arrive(&a.tickets[2 * row], gridDim.x)) select_row(a, row, fb);
     __syncthreads();
   }
 }

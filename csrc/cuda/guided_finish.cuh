@@ -170,6 +170,39 @@ __device__ __forceinline__ bool finish_sorted(const KernelArgs& a, int64_t row, 
   return true;
 }
 
+// Candidates >= T whose coarse bin is >= min_bin into cands (count in *n_cands, which the caller
+// zeroed); counts[coarse bin] when counts != nullptr. Loads batched for memory-level parallelism.
+template <class Bin>
+__device__ __forceinline__ void gather_candidates(const KernelArgs& a, int64_t row, const int* prefix, int total, float T,
+                                                  int min_bin, Bin bin, Cand* cands, int* n_cands, int* counts) {
+  int64_t slice = 0;
+  constexpr int kBatch = 8;
+  for (int base = threadIdx.x; base < total; base += kThreads * kBatch) {
+    Cand got[kBatch];
+    bool ok[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int p = base + u * kThreads;
+      ok[u] = p < total;
+      if (!ok[u]) continue;
+      while (prefix[slice + 1] <= p) ++slice;
+      const int2 raw = __ldg(reinterpret_cast<const int2*>(a.cands + (row * a.slices + slice) * kSliceSlots +
+                                                            (p - prefix[slice])));
+      got[u] = Cand{__int_as_float(raw.x), raw.y};
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (!ok[u] || !(got[u].z >= T) || got[u].z == TITA_NEG_INF) continue;
+      const int b = bin(got[u].z);
+      if (counts != nullptr) atomicAdd(&counts[b], 1);
+      if (b < min_bin) continue;
+      const int at = atomicAdd(n_cands, 1);
+      if (at < kRowCands) cands[at] = got[u];
+    }
+  }
+  __syncthreads();
+}
+
 // The top-p total of a row without top-k: sum of exp(z - zmax) in fp64 over the whole row, from
 // the slices' sums relative to their own maxima (the reference sums the same terms in fp64).
 __device__ __forceinline__ double top_p_total(const SlicePartial* parts, int64_t slices, float zmax, ReduceSmem& red) {
@@ -217,9 +250,11 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
     res.status = kStatusNoFinite;
     return true;
   }
-  if (no_cut(c)) {
+  // No cut, or a flat row (every filter keeps all of its finite ids): the slices' winners decide.
+  if (no_cut(c) || res.zmin == zmax) {
     res.best = block_reduce(best, BestOp{}, red);
     res.log_norm = lse_value(lz);
+    res.tau = no_cut(c) ? TITA_NEG_INF : zmax;
     return true;
   }
   T = block_reduce(T, MaxOp{}, red);
@@ -241,35 +276,40 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
   }
   __syncthreads();
 
-  // Gather the candidates >= T; loads batched for memory-level parallelism.
-  const int total = carry;
-  int64_t slice = 0;
-  constexpr int kBatch = 8;
-  for (int base = threadIdx.x; base < total; base += kThreads * kBatch) {
-    Cand got[kBatch];
-    bool ok[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int p = base + u * kThreads;
-      ok[u] = p < total;
-      if (!ok[u]) continue;
-      while (prefix[slice + 1] <= p) ++slice;
-      const int2 raw = __ldg(reinterpret_cast<const int2*>(a.cands + (row * a.slices + slice) * kSliceSlots +
-                                                            (p - prefix[slice])));
-      got[u] = Cand{__int_as_float(raw.x), raw.y};
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      if (ok[u] && got[u].z >= T && got[u].z != TITA_NEG_INF) {
-        const int at = atomicAdd(n_cands, 1);
-        if (at < kRowCands) cands[at] = got[u];
-      }
-    }
-  }
+  // Gather the candidates >= T. When more than kRowCands pass, a coarse histogram of them (taken
+  // in the same read) gives a higher cut; a second read of the candidates keeps those above it,
+  // and T becomes the lowest kept value (every id not kept is below it).
+  __shared__ int coarse[kCoarseBins];
+  for (int i = threadIdx.x; i < kCoarseBins; i += kThreads) coarse[i] = 0;
   __syncthreads();
-  const int n = *n_cands;
+  const int total = carry;
+  const double lo = T != TITA_NEG_INF ? static_cast<double>(T) : static_cast<double>(res.zmin);
+  const double scale = zmax > lo ? kCoarseBins / (static_cast<double>(zmax) - lo) : 0.0;
+  auto coarse_bin = [&](float z) {
+    const double x = (static_cast<double>(z) - lo) * scale;
+    return !(x > 0.0) ? 0 : (x >= kCoarseBins ? kCoarseBins - 1 : static_cast<int>(x));
+  };
+  gather_candidates(a, row, prefix, total, T, 0, coarse_bin, cands, n_cands, coarse);
+  int n = *n_cands;
+  if (n > kRowCands) {
+    __shared__ int cut_bin;
+    __syncthreads();  // every thread has read *n_cands before it is reset
+    if (threadIdx.x == 0) {  // the lowest bin whose suffix still fits
+      int b = kCoarseBins, kept = 0;
+      while (b > 0 && kept + coarse[b - 1] <= kRowCands) kept += coarse[--b];
+      cut_bin = b;
+      *n_cands = 0;
+    }
+    __syncthreads();
+    if (cut_bin >= kCoarseBins) return false;  // the top bin alone overflows: the fallback
+    gather_candidates(a, row, prefix, total, T, cut_bin, coarse_bin, cands, n_cands, nullptr);
+    n = *n_cands;
+    float m = INFINITY;
+    for (int i = threadIdx.x; i < n; i += kThreads) m = fminf(m, cands[i].z);
+    T = block_reduce(m, MinOp{}, red);
+  }
   if (n > kRowCands) return false;
-  const double total_hint = (c.top_k == 0 && T != TITA_NEG_INF) ? top_p_total(parts, a.slices, zmax, red) : 0.0;
+  const double total_hint = (c.top_k == 0 && c.top_p < 1.0f) ? top_p_total(parts, a.slices, zmax, red) : 0.0;
   if (n <= kSortMax) return finish_sorted(a, row, c, cands, n, zmax, T, total_hint, red, res);
   return filter_and_choose(a, row, c, SmemSource{cands, n}, n, zmax, T, total_hint, red, res);
 }
@@ -363,6 +403,10 @@ __device__ __forceinline__ void start_fallback(const KernelArgs& a, int64_t row,
   const double width = static_cast<double>(res.zmax) - static_cast<double>(res.zmin);
   fb.scale = width > 0.0 ? kBins / width : 0.0;
   fb.active = (c.top_k == 0 && c.top_p >= 1.0f) ? kFallbackThreshold : kFallbackHistogram;
+  if (threadIdx.x == 0) {
+    gstore(&a.tickets[2 * row], int32_t{0});
+    gstore(&a.tickets[2 * row + 1], int32_t{0});
+  }
   if (fb.active == kFallbackHistogram) {
     for (int i = threadIdx.x; i < kBins; i += kThreads) {
       gstore(&a.hist_count[row * kBins + i], 0);

@@ -19,6 +19,9 @@ inline int sm_count() {
   static int cache[128] = {};
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 128) return 108;
+#ifdef TITA_CUDA_EMU_THREADS
+  cache[device] = 0;  // the CPU emulation sets another multiprocessor count per call
+#endif
   if (cache[device] == 0) {
     int n = 0;
     if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) n = 108;
@@ -37,7 +40,7 @@ struct Plan {
   bool floor_pass = false; // a plausibility floor may be on: base_max_kernel runs first
   bool cut = false;        // a row may have top-k, top-p or min-p: candidates and the fallback
   size_t partials = 0, base_max = 0, cands = 0, outcomes = 0, fallback = 0, hist_count = 0, hist_mass = 0,
-         hist_lo = 0, hist_hi = 0, race = 0, gathered = 0, bytes = 0;  // byte offsets, total
+         hist_lo = 0, hist_hi = 0, race = 0, gathered = 0, tickets = 0, bytes = 0;  // byte offsets, total
 };
 
 // Small work (B x slices below two waves of blocks) uses 2048-id slices so that B = 1 still
@@ -67,7 +70,8 @@ inline Plan make_plan(const GuidedInputs& in) {
   p.hist_hi = align_up(p.hist_lo + cut * bins * sizeof(uint32_t));
   p.race = align_up(p.hist_hi + cut * bins * sizeof(uint32_t));
   p.gathered = align_up(p.race + cut * cells * sizeof(RacePartial));
-  p.bytes = align_up(p.gathered + cut * rows * kGather * sizeof(Cand));
+  p.tickets = align_up(p.gathered + cut * rows * kGather * sizeof(Cand));
+  p.bytes = align_up(p.tickets + cut * rows * 2 * sizeof(int32_t));
   return p;
 }
 
@@ -94,6 +98,7 @@ inline void carve(KernelArgs& a, const Plan& p, void* scratch) {
   a.hist_hi = reinterpret_cast<uint32_t*>(s + p.hist_hi);
   a.race = reinterpret_cast<RacePartial*>(s + p.race);
   a.gathered = reinterpret_cast<Cand*>(s + p.gathered);
+  a.tickets = reinterpret_cast<int32_t*>(s + p.tickets);
 }
 
 }  // namespace tita::cuda

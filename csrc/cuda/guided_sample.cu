@@ -74,10 +74,9 @@ cudaError_t launch_chain(KernelArgs& a, const Plan& p, cudaStream_t stream) {
   TITA_LAUNCH(guided_finish_kernel, row_blocks, kThreads, stream, a);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (a.fallback != nullptr) {  // blocks of rows the finish decided exit at once
-    TITA_LAUNCH(fallback_hist_kernel<kChunks>, grid, kThreads, stream, a);
-    TITA_LAUNCH(fallback_select_kernel, row_blocks, kThreads, stream, a);
-    TITA_LAUNCH(fallback_gather_kernel<kChunks>, grid, kThreads, stream, a);
-    TITA_LAUNCH(fallback_finish_kernel, row_blocks, kThreads, stream, a);
+    const dim3 hist_grid(static_cast<unsigned>((p.slices + kHistSlices - 1) / kHistSlices), rows);
+    TITA_LAUNCH(fallback_hist_kernel<kChunks>, hist_grid, kThreads, stream, a);  // + select_row
+    TITA_LAUNCH(fallback_gather_kernel<kChunks>, grid, kThreads, stream, a);     // + finish_row
     if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   if (!a.choose) {

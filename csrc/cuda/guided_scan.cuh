@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     const float floor = c.log_floor == TITA_NEG_INF ? TITA_NEG_INF : row_floor(a, row, c.log_floor, red);
     const ZParams zp = z_params(c, floor);
     const bool dense = no_cut(c);
-    const bool want_lz = dense || c.top_k == 0;
+    const bool want_lz = true;  // dense rows, top-p totals, and rows that turn out flat (finish_fast)
     const RowPtrs rp = row_ptrs(a.in, row);
 
     float z[kPer];
@@ -120,7 +120,8 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     const int32_t overflow = __syncthreads_or(over) ? 1 : 0;
 
     SlicePartial part{lr, lf, lz, zmass, zmax, zmin, overflow, TITA_NEG_INF, top, 0};
-    if (dense) {
+    // The slice's winner over every finite z (a flat row, zmin == zmax, keeps all of them under any filter).
+    {
       if (a.choose && !c.greedy && top.id >= 0) {
         const NoiseAddress addr = noise_address(a.noise, row);
         Best mine = top;
@@ -145,6 +146,8 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
         }
         part.best = block_reduce(mine, BestOp{}, red);
       }
+    }
+    if (dense) {
       if (threadIdx.x == 0) gstore(&a.partials[row * a.slices + s], part);
       continue;
     }

@@ -1,7 +1,8 @@
 // A CPU emulation of the CUDA features the fused kernels use, so that their device code
 // (csrc/cuda/*.cuh) runs on a machine without a GPU: one OS thread per CUDA thread of a block,
-// blocks one after another; __syncthreads is a barrier; shuffles and __syncthreads_count go
-// through shared buffers between barriers; fp32 arithmetic is IEEE (built with -ffp-contract=off,
+// blocks one after another; __syncthreads is a block barrier; shuffles are exchanged per warp of
+// 32 lanes (masks checked, a divergent shuffle reported, not hung); __syncthreads_count goes
+// through a shared counter between barriers; global loads and stores are counted; fp32 arithmetic is IEEE (built with -ffp-contract=off,
 // so __fadd_rn & co. are plain operations, as on the device).
 //
 // It checks the kernels' logic (plan, slices, merges, selections, the race, addressing, strides,
@@ -12,6 +13,10 @@
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -69,6 +74,11 @@ inline T __ldg(const T* p) {
   emu::count_load(sizeof(T));
   return *p;
 }
+template <typename T>
+inline T __ldcg(const T* p) {  // counted by gload_l2
+  return *p;
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <typename To, typename From>
 inline To emu_bits(From f) {
@@ -119,14 +129,52 @@ struct alignas(16) Slot {
   unsigned char bytes[16];
 };
 
+// Warp-level exchange, per warp of 32 lanes: every lane named in the mask must arrive (with the
+// same mask, which must include the caller); a lane missing (a divergent shuffle) or a mask that
+// disagrees fails with a message, as the GPU's result would be undefined, instead of hanging.
+class WarpSync {
+ public:
+  void arrive(unsigned mask) {
+    std::unique_lock<std::mutex> lock(m_);
+    const int lane = static_cast<int>(threadIdx.x & 31u);
+    if (!(mask & (1u << lane))) fail("a lane shuffles with a mask that excludes it", mask);
+    if (count_ == 0) mask_ = mask;
+    if (mask != mask_) fail("lanes of one warp shuffle with different masks", mask);
+    const unsigned gen = gen_;
+    if (++count_ == __builtin_popcount(mask_)) {
+      count_ = 0;
+      ++gen_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(120), [&] { return gen_ != gen; })) {
+      fail("divergent shuffle: not every lane of the mask arrived within 120 s", mask);
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const char* what, unsigned mask) {
+    std::fprintf(stderr, "CUDA emulation: %s (thread %u, mask %08x, block %u,%u)\n", what, threadIdx.x, mask,
+                 blockIdx.x, blockIdx.y);
+    std::abort();
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  int count_ = 0;
+  unsigned mask_ = 0, gen_ = 0;
+};
+
 template <typename T>
-inline T exchange(T v, int partner) {
+inline T exchange(T v, int partner, unsigned mask) {
+  static_assert(sizeof(T) <= sizeof(Slot), "shuffled type too large");
   static Slot buf[kBlock];
+  static WarpSync warps[(kBlock + 31) / 32];
+  WarpSync& w = warps[threadIdx.x / 32];
   std::memcpy(&buf[threadIdx.x], &v, sizeof(T));
-  block_barrier().arrive_and_wait();
+  w.arrive(mask);  // every lane has written
   T r;
-  std::memcpy(&r, &buf[partner], sizeof(T));
-  block_barrier().arrive_and_wait();
+  std::memcpy(&r, &buf[(threadIdx.x & ~31u) + (partner & 31)], sizeof(T));
+  w.arrive(mask);  // every lane has read before the buffer is reused
   return r;
 }
 
@@ -216,13 +264,13 @@ inline int __syncthreads_count(int pred) { return emu::count_barrier(pred); }
 inline int __syncthreads_or(int pred) { return emu::count_barrier(pred) > 0; }
 
 template <typename T>
-inline T __shfl_xor_sync(unsigned, T v, int o) {
-  return emu::exchange(v, static_cast<int>(threadIdx.x) ^ o);
+inline T __shfl_xor_sync(unsigned mask, T v, int o) {
+  return emu::exchange(v, static_cast<int>(threadIdx.x & 31u) ^ o, mask);
 }
 template <typename T>
-inline T __shfl_up_sync(unsigned, T v, unsigned d) {
+inline T __shfl_up_sync(unsigned mask, T v, unsigned d) {
   const int lane = static_cast<int>(threadIdx.x & 31u);
-  return emu::exchange(v, lane >= static_cast<int>(d) ? static_cast<int>(threadIdx.x - d) : static_cast<int>(threadIdx.x));
+  return emu::exchange(v, lane >= static_cast<int>(d) ? lane - static_cast<int>(d) : lane, mask);
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
