@@ -291,3 +291,17 @@ def test_emulated_general_path_for_dense_cut_bins():
     z[0, 7] = -100.0
     compare(z, z.clone(), None, dict(temperature=1.0, top_p=0.9), seed=5)
     assert emu_ops.last_cost.path_names() == ["general"]
+
+
+@pytest.mark.parametrize("kind, message", [(0, "mask that excludes it"), (1, "divergent shuffle"),
+                                           (2, "different masks")])
+def test_emulated_warp_checks_fail_like_the_gpu(kind, message):
+    """A wrong shuffle mask or a divergent shuffle is reported (the process aborts with a message),
+    not hung on and not silently exchanged across the whole block."""
+    import subprocess
+
+    lib_path = emu_ops.build()._name
+    code = f"import ctypes; ctypes.CDLL({lib_path!r}).emu_warp_probe({kind})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TITA_EMU_WARP_TIMEOUT_S="3"))
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-500:]

@@ -65,6 +65,8 @@ __device__ __forceinline__ bool filter_and_choose(const KernelArgs& a, int64_t r
                                   float zmax, float T, double total_hint, ReduceSmem& red, RowResult& res) {
   float tau = TITA_NEG_INF;
   if (c.top_k > 0 && n_finite >= c.top_k) tau = kth_largest(src, c.top_k, red);
+  // top-p renormalises over the top-k survivors: all of them must be candidates.
+  if (c.top_k > 0 && T != TITA_NEG_INF && !(tau >= T)) return false;
   if (c.top_p < 1.0f) {
     const double total = total_hint > 0.0 ? total_hint : mass_above(src, zmax, tau, kNegInfKey, red);
     tau = fmaxf(tau, top_p_cut(src, zmax, tau, static_cast<double>(c.top_p) * total, red));
@@ -120,6 +122,7 @@ __device__ __forceinline__ bool finish_sorted(const KernelArgs& a, int64_t row, 
   bitonic_sort(cands, n);
   float tau = TITA_NEG_INF;
   if (c.top_k > 0 && n >= c.top_k) tau = cands[c.top_k - 1].z;
+  if (c.top_k > 0 && T != TITA_NEG_INF && !(tau >= T)) return false;  // as in filter_and_choose
   // This thread's kSortPer consecutive candidates and their masses exp(z - zmax) (allowed so far).
   const int first = threadIdx.x * kSortPer;
   double w[kSortPer];

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <cmath>
 #include <cstdint>
@@ -147,12 +148,20 @@ class WarpSync {
       cv_.notify_all();
       return;
     }
-    if (!cv_.wait_for(lock, std::chrono::seconds(120), [&] { return gen_ != gen; })) {
-      fail("divergent shuffle: not every lane of the mask arrived within 120 s", mask);
+    if (!cv_.wait_for(lock, std::chrono::seconds(timeout_s()), [&] { return gen_ != gen; })) {
+      fail("divergent shuffle: not every lane of the mask arrived in time", mask);
     }
   }
 
  private:
+  // TITA_EMU_WARP_TIMEOUT_S (default 120): how long lanes wait for the rest of their warp.
+  static int timeout_s() {
+    static const int t = [] {
+      const char* e = std::getenv("TITA_EMU_WARP_TIMEOUT_S");
+      return e != nullptr && std::atoi(e) > 0 ? std::atoi(e) : 120;
+    }();
+    return t;
+  }
   [[noreturn]] void fail(const char* what, unsigned mask) {
     std::fprintf(stderr, "CUDA emulation: %s (thread %u, mask %08x, block %u,%u)\n", what, threadIdx.x, mask,
                  blockIdx.x, blockIdx.y);

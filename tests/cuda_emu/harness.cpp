@@ -83,6 +83,23 @@ void emu_counters(int64_t* loaded, int64_t* stored, int32_t* paths, int64_t rows
   for (int64_t r = 0; r < rows && static_cast<size_t>(r) < emu::paths.size(); ++r) paths[r] = emu::paths[r];
 }
 
+// Probes of the emulation's warp checks (each aborts the process with a message; tests run them
+// in a subprocess). kind 0: lane 5 shuffles with a mask that excludes it; 1: only the lower half
+// of warp 0 shuffles (a divergent shuffle); 2: lanes disagree on the mask.
+void emu_warp_probe(int kind) {
+  emu::launch(dim3(1), [&] {
+    const int lane = static_cast<int>(threadIdx.x & 31u);
+    if (threadIdx.x >= 32) return;
+    if (kind == 0) {
+      __shfl_xor_sync(lane == 5 ? 0x1u : 0xFFFFFFFFu, 1.0f, 1);
+    } else if (kind == 1) {
+      if (lane < 16) __shfl_xor_sync(0xFFFFFFFFu, 1.0f, 1);
+    } else {
+      __shfl_xor_sync(lane < 16 ? 0x0000FFFFu : 0xFFFFFFFFu, 1.0f, 1);
+    }
+  });
+}
+
 // The race's noise skipping must be conservative: over every uniform the noise can take
 // (2^23 mantissas), count words that reach_limit would skip although their Gumbel noise reaches
 // `need`. Must be 0 for every need.
