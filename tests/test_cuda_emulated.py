@@ -1,12 +1,14 @@
 """The CUDA kernels' device code on a CPU emulation of CUDA (tests/cuda_emu) against the reference.
 
-Runs without a GPU: csrc/cuda/guided_*.cuh are compiled by the host compiler against emu.h
-(one OS thread per CUDA thread, 64 per block, barriers for __syncthreads), with the real launch
-plan and scratch layout. This checks the kernels' logic: slicing and merging, the dense race and
-its noise skipping, candidate hand-over, the exact selections, the fallback, strides, dtypes,
-statuses. Two plans per case: sm_count 132 (small work: 512-id slices with 64 threads) and 1
-(large work: 1536-id slices). Timing, occupancy and the memory model need the GPU
-(tests/test_cuda_ops.py).
+Runs without a GPU: csrc/cuda/guided_sample.cu and its headers are compiled by the host compiler
+against emu.h (one OS thread per CUDA thread, 64 per block by default and 256 as on the GPU,
+barriers for __syncthreads, shuffles exchanged per warp with their masks checked), and the real
+host code runs: launch_guided_sample / launch_guided_logprobs, make_plan, launch_chain. This
+checks the kernels' logic (slicing and merging, the race and its noise skipping, candidate
+hand-over, the selections, the bounded fallback, strides, dtypes, statuses) and their cost: the
+global-memory bytes every call moves and the path every row takes (the benchmark's grid points
+and adversarial rows, at the GPU's block size). Timing, occupancy and the memory model need the
+GPU (tests/test_cuda_ops.py).
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ struct FallbackRow {
   double mass_above;     // their mass (fp64 exp(z - zmax))
   double total;          // top-p total over the whole row (histogram path without top-k)
   int32_t k_active;      // top-k applies (k <= the finite ids)
+  int32_t histogram;     // the histogram pass ran (a tied cut bin turns the row into kFallbackThreshold)
   int32_t n_gathered;
   float lse_r, lse_f, floor;
 };

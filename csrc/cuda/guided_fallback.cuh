@@ -161,6 +161,7 @@ __device__ __forceinline__ void select_row(const KernelArgs& a, int64_t row, Fal
         fb.tau_min = fmaxf(fb.tau_min, from_okey(klo));
         fb.b_lo = fb.b_hi = -1;
         fb.active = kFallbackThreshold;
+        fb.histogram = 1;
       } else {
         fb.active = kFallbackGeneral;
       }
@@ -250,7 +251,7 @@ __device__ __forceinline__ void finish_row(const KernelArgs& a, int64_t row, con
         res.floor = fb.floor;
         res.lse_r = fb.lse_r;
         res.lse_f = fb.lse_f;
-        TITA_TRACE_PATH(row, fb.active == kFallbackHistogram ? kPathHistogram : kPathThreshold);
+        TITA_TRACE_PATH(row, fb.active == kFallbackHistogram || fb.histogram ? kPathHistogram : kPathThreshold);
       }
     }
     if (general) {
