@@ -5,8 +5,12 @@
 base, reward, ref: logits [B, V] on the GPU (ref None for two inputs); mode: "greedy",
 "sample" or "topk_topp" (impls.MODE_PARAMS); seed, offset: int64 [1] device tensors. Every
 sampler also computes the chosen token's guided log-probability and token reward (what tita_ext
-reports), so the work compared is the same, except `flashinfer`, which is given the combined
-row (its sampler reports nothing).
+reports), so the work compared is the same, except the two FlashInfer lines:
+  * `flashinfer_sampler`: FlashInfer's sampler alone, timed on a row combined beforehand (outside
+    the timed call; see prepare): what sampling costs once the scores exist;
+  * `combine_flashinfer`: the fused alternative a user would build: one elementwise combine of the
+    raw logits (b + alpha (r - f), then / T: sampling is invariant to the per-row log-sum-exps)
+    and FlashInfer's sampler. It reports neither log-probability nor token reward.
 
 Importing this module needs neither a GPU nor triton nor flashinfer: each is looked up when an
 implementation is first called, and a missing one raises (the runner records the error).
@@ -80,27 +84,48 @@ def flashinfer_sampling():
     return flashinfer.sampling
 
 
-def flashinfer(base, reward, ref, mode, seed, offset):
-    """Combine in PyTorch (log_softmax of each model), then FlashInfer's sampler on the combined
-    row: top_k_top_p_sampling_from_logits (topk_topp), sampling_from_logits (sample), argmax (greedy)."""
+def _flashinfer_choose(scores: torch.Tensor, mode: str) -> torch.Tensor:
+    """FlashInfer's sampler on float32 scores [B, V] (argmax when greedy: it has no greedy sampler)."""
     sampling = flashinfer_sampling()
     p = MODE_PARAMS[mode]
-    s, lr, lf = _combined(base, reward, ref)
     if p["temperature"] == 0:
-        tokens = s.argmax(dim=-1)
-    elif p["top_k"] > 0 or p["top_p"] < 1:
-        tokens = sampling.top_k_top_p_sampling_from_logits(s / p["temperature"], p["top_k"], p["top_p"])
-    elif hasattr(sampling, "sampling_from_logits"):
-        tokens = sampling.sampling_from_logits(s / p["temperature"])
-    else:
-        tokens = sampling.sampling_from_probs(torch.softmax(s / p["temperature"], dim=-1))
-    token_reward = (lr - lf).gather(1, tokens.long().reshape(-1, 1))
-    del token_reward
-    return tokens.long()
+        return scores.argmax(dim=-1)
+    if p["top_k"] > 0 or p["top_p"] < 1:
+        return sampling.top_k_top_p_sampling_from_logits(scores, p["top_k"], p["top_p"]).long()
+    if hasattr(sampling, "sampling_from_logits"):
+        return sampling.sampling_from_logits(scores).long()
+    return sampling.sampling_from_probs(torch.softmax(scores, dim=-1)).long()
+
+
+def raw_combined(base, reward, ref, mode) -> torch.Tensor:
+    """float32 [B, V]: (b + alpha (r - f)) / T from the raw logits (f = b without a reference)."""
+    b = base.float()
+    f = b if ref is None else ref.float()
+    s = b + ALPHA * (reward.float() - f)
+    t = MODE_PARAMS[mode]["temperature"]
+    return s / t if t > 0 else s
+
+
+def combine_flashinfer(base, reward, ref, mode, seed, offset):
+    """The fused alternative a user would build: one combine of the raw logits, FlashInfer's sampler."""
+    return _flashinfer_choose(raw_combined(base, reward, ref, mode), mode)
+
+
+class FlashInferSampler:
+    """FlashInfer's sampler alone: prepare() combines the row once (untimed), the call samples it."""
+
+    def __init__(self):
+        self.scores: torch.Tensor | None = None
+
+    def prepare(self, base, reward, ref, mode) -> None:
+        self.scores = raw_combined(base, reward, ref, mode)
+
+    def __call__(self, base, reward, ref, mode, seed, offset):
+        return _flashinfer_choose(self.scores, mode)
 
 
 IMPLS: dict[str, Impl] = {"tita_cuda": tita_cuda, "triton": triton, "eager": eager, "compile": compiled_reference,
-                          "flashinfer": flashinfer}
+                          "flashinfer_sampler": FlashInferSampler(), "combine_flashinfer": combine_flashinfer}
 
 
 def flashinfer_status() -> str:

@@ -8,13 +8,20 @@
 
 Grid: B in {1, 8, 64, 256} x V in {32064, 128256, 151936} x {bf16, fp32} x {greedy, sample,
 topk_topp (T 0.7, k 50, p 0.9)} x {two inputs, three inputs}; implementations (gpu_impls.py):
-tita_cuda, triton, eager, compile, flashinfer (when importable; otherwise the JSON says why).
+tita_cuda, triton, eager, compile, flashinfer_sampler (FlashInfer's sampler alone on a row combined
+beforehand), combine_flashinfer (one combine of the raw logits + FlashInfer's sampler: the fused
+alternative a user would build); FlashInfer when importable, otherwise the JSON says why.
 
-Timing: per call, the L2 cache is flushed first (a buffer twice its size is written), then CUDA
-events bracket the call; the figure is the median over reps, with every implementation of a
-point interleaved round by round. gbps = bytes of logits read (every input, once) / median time;
-peak_gbps is the device's memory bandwidth from its name (H100 SXM 3350, H200 4800, ...), next
-to a measured device-to-device copy.
+Timing, per sample: the L2 cache is flushed by reading (a sum over a buffer twice its size: no
+dirty lines are left to be written back inside the timed call), the GPU is kept busy a while
+(torch.cuda._sleep) so that the host has enqueued everything before the timed work starts, then
+CUDA events bracket one replay of a CUDA graph holding one call (median_us: device time, no host
+overhead, also at B=1). An implementation that cannot be captured is timed as one eager call
+between the events (timing "eager" in its row). eager_us: the median wall time of an eager call
+from the host (dispatch, launches, and the device until done), what one un-graphed decode step
+pays. Every implementation of a point is interleaved round by round. gbps = bytes of logits read
+(every input, once) / median_us; peak_gbps is the device's memory bandwidth from its name (H100
+SXM 3350, H200 4800, ...), next to a measured device-to-device copy.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -42,7 +50,7 @@ VOCABS = (32064, 128256, 151936)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MODES = ("greedy", "sample", "topk_topp")
 INPUTS = (2, 3)
-IMPL_NAMES = ("tita_cuda", "triton", "eager", "compile", "flashinfer")
+IMPL_NAMES = ("tita_cuda", "triton", "eager", "compile", "flashinfer_sampler", "combine_flashinfer")
 QUICK_POINTS = ((1, 32064), (64, 151936))  # the acceptance points: <= 10 us, >= 70% of peak (topk_topp)
 
 # Memory bandwidth in GB/s by device name (vendor figures), most specific first.
@@ -126,21 +134,57 @@ def make_inputs(point: dict, device: str = "cuda"):
 
 
 class Timer:
-    """CUDA-event timing of single calls, each after an L2 flush (writing 2x the L2 size)."""
+    """Device time of one call (a CUDA-graph replay after a read-only L2 flush) and wall time of an
+    eager call."""
+
+    SLEEP_CYCLES = 200_000  # ~100 us at ~2 GHz: longer than the host takes to enqueue a replay
 
     def __init__(self):
         l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 64 * 2**20
-        self.flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+        self.flush = torch.ones(2 * l2 // 4, dtype=torch.float32, device="cuda")
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
 
-    def __call__(self, fn, *args) -> float:
-        self.flush.zero_()
+    def _flush(self) -> None:
+        self.flush.sum()  # reads only: nothing dirty is left for the timed call to write back
+
+    def device(self, run) -> float:
+        """us between events around run() (a graph replay), the GPU busy while the host enqueues."""
+        self._flush()
+        torch.cuda._sleep(self.SLEEP_CYCLES)
         self.start.record()
-        fn(*args)
+        run()
         self.end.record()
         self.end.synchronize()
-        return self.start.elapsed_time(self.end) * 1e3  # us
+        return self.start.elapsed_time(self.end) * 1e3
+
+    def eager(self, fn, *args) -> float:
+        """Wall us of one eager call from the host until the device is done (after a flush)."""
+        self._flush()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(*args)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e6
+
+
+def capture(fn, args) -> tuple:
+    """(replay, "graph") for fn(*args) captured in a CUDA graph (warmed up on a side stream), or
+    (eager call, "eager") when the implementation cannot be captured."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn(*args)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(*args)
+        torch.cuda.synchronize()
+        return graph.replay, "graph"
+    except Exception:  # e.g. a host sync inside the implementation
+        torch.cuda.synchronize()
+        return (lambda: fn(*args)), "eager"
 
 
 def measure_copy_gbps(nbytes: int = 2**30, reps: int = 10) -> float:
@@ -165,21 +209,31 @@ def time_point(point: dict, impls: dict, timer: Timer, reps: int, peak: float | 
     seed = torch.tensor([1234], dtype=torch.int64, device="cuda")
     offset = torch.tensor([0], dtype=torch.int64, device="cuda")
     args = (base, reward, ref, point["mode"], seed, offset)
-    live, errors = [], {}
+    live, errors, runs, how = [], {}, {}, {}
     for name, fn in impls.items():
         try:
+            if hasattr(fn, "prepare"):  # flashinfer_sampler: the combined row is made outside the timing
+                fn.prepare(base, reward, ref, point["mode"])
             for _ in range(2):  # warm-up: compilation, autotuning, allocator
                 fn(*args)
             torch.cuda.synchronize()
+            runs[name], how[name] = capture(fn, args)
             live.append(name)
         except Exception as exc:  # recorded per implementation (e.g. FlashInfer missing, OOM)
             errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             torch.cuda.synchronize()
     samples: dict[str, list[float]] = {n: [] for n in live}
+    eager_samples: dict[str, list[float]] = {n: [] for n in live}
     for r in range(reps):
         for name in live[r % max(len(live), 1):] + live[:r % max(len(live), 1)]:  # rotate who goes first
-            samples[name].append(timer(impls[name], *args))
-    rows = [make_row(n, point, samples[n], peak=peak) for n in live]
+            samples[name].append(timer.device(runs[name]))
+            if r < max(3, reps // 5):
+                eager_samples[name].append(timer.eager(impls[name], *args))
+    rows = []
+    for n in live:
+        row = make_row(n, point, samples[n], peak=peak)
+        row.update(timing=how[n], eager_us=round(statistics.median(eager_samples[n]), 2))
+        rows.append(row)
     rows += [make_row(n, point, None, error=e) for n, e in errors.items()]
     return rows
 
@@ -293,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     result = dict(
         machine=slug, machine_description=device_name, device=device_name, peak_gbps=peak,
         peak_source="vendor figure by device name" if peak else "unknown device: see measured_copy_gbps",
-        measured_copy_gbps=copy_gbps, l2_flush_bytes=timer.flush.numel(), **versions, git_commit=_git_commit(),
+        measured_copy_gbps=copy_gbps, l2_flush_bytes=timer.flush.numel() * 4, **versions, git_commit=_git_commit(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), quick=args.quick,
-        reps=reps, alpha=ALPHA, modes=MODE_PARAMS, timing="CUDA events per call after an L2 flush; median over reps",
+        reps=reps, alpha=ALPHA, modes=MODE_PARAMS,
+        timing=("median_us: CUDA events around one CUDA-graph replay of one call (row timing 'graph'; 'eager' when "
+                "not capturable) after a read-only L2 flush, host enqueue hidden; eager_us: host wall time of an "
+                "eager call until the device is done; medians over reps"),
         summary=lines, rows=rows)
     if result["peak_gbps"] is None:
         result["peak_gbps"] = copy_gbps  # the plot's fraction-of-peak axis needs a figure

@@ -61,7 +61,7 @@ def test_device_names():
 def test_dry_run_and_cli(capsys):
     assert run_ops_gpu.main(["--dry-run", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "6 points x 5 implementations" in out and "B=64   V=151936" in out
+    assert "6 points x 6 implementations" in out and "B=64   V=151936" in out
     with pytest.raises(SystemExit):
         run_ops_gpu.main(["--impls", "tita_cuda,nope", "--dry-run"])
     if not torch.cuda.is_available():
@@ -80,6 +80,11 @@ def test_baselines_run_on_cpu_tensors(mode, inputs):
     if mode == "greedy":
         want = tita_ext.guided_sample(base, reward, ref, temperature=0.0, backend="reference").tokens
         assert torch.equal(tokens, want)
+        # the FlashInfer lines' combine of the raw logits picks the same greedy tokens
+        assert torch.equal(gpu_impls.raw_combined(base, reward, ref, mode).argmax(dim=-1), want)
+    sampler = gpu_impls.FlashInferSampler()
+    sampler.prepare(base, reward, ref, mode)  # the untimed combine
+    assert sampler.scores.shape == (3, 1000) and sampler.scores.dtype == torch.float32
 
 
 def test_plot_of_gpu_results(tmp_path):

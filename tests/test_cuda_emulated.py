@@ -1,12 +1,14 @@
 """The CUDA kernels' device code on a CPU emulation of CUDA (tests/cuda_emu) against the reference.
 
-Runs without a GPU: csrc/cuda/guided_*.cuh are compiled by the host compiler against emu.h
-(one OS thread per CUDA thread, 64 per block, barriers for __syncthreads), with the real launch
-plan and scratch layout. This checks the kernels' logic: slicing and merging, the dense race and
-its noise skipping, candidate hand-over, the exact selections, the fallback, strides, dtypes,
-statuses. Two plans per case: sm_count 132 (small work: 512-id slices with 64 threads) and 1
-(large work: 1536-id slices). Timing, occupancy and the memory model need the GPU
-(tests/test_cuda_ops.py).
+Runs without a GPU: csrc/cuda/guided_sample.cu and its headers are compiled by the host compiler
+against emu.h (one OS thread per CUDA thread, 64 per block by default and 256 as on the GPU,
+barriers for __syncthreads, shuffles exchanged per warp with their masks checked), and the real
+host code runs: launch_guided_sample / launch_guided_logprobs, make_plan, launch_chain. This
+checks the kernels' logic (slicing and merging, the race and its noise skipping, candidate
+hand-over, the selections, the bounded fallback, strides, dtypes, statuses) and their cost: the
+global-memory bytes every call moves and the path every row takes (the benchmark's grid points
+and adversarial rows, at the GPU's block size). Timing, occupancy and the memory model need the
+GPU (tests/test_cuda_ops.py).
 """
 
 from __future__ import annotations
@@ -176,3 +178,132 @@ def test_emulated_at_the_gpu_block_size(sm_count):
     compare_logprobs(base, reward, ref, dict(temperature=0.7, top_k=50, top_p=0.9), sm_count=sm_count, threads=256)
     for kwargs in (dict(temperature=1.0, top_p=0.5), dict(temperature=1.0, top_k=20), dict(temperature=1.0)):
         compare(flat, flat.clone(), None, kwargs, seed=6, sm_count=sm_count, threads=256)
+
+
+# ---- cost: global-memory bytes and row paths at the GPU's block size (issue 13) ----------------
+# The benchmark's grid (benchmarks/run_ops_gpu.py): B in {1, 8, 64, 256} x V in {32064, 128256,
+# 151936}, bf16, T 0.7. A row's cost depends only on V and the launch plan (2048-id slices when
+# B x ceil(V / 6144) < 2 x 132 multiprocessors, else 6144-id slices), so each point is emulated on
+# one row with the plan its full batch gets on an H100 (sm_count forces it).
+GPU_SMS = 132
+BYTES_BOUND = 1.25  # bytes loaded per call / bytes of the inputs' shared range
+
+
+def gpu_plan_sm_count(batch: int, vocab: int) -> int:
+    """sm_count that gives a one-row emulated launch the plan of `batch` rows on the GPU."""
+    big = batch * -(-vocab // 6144) >= 2 * GPU_SMS
+    return 1 if big else GPU_SMS
+
+
+def cost_check(base, reward, ref, kwargs, sm_count, bound=BYTES_BOUND, allowed=("dense", "candidates")):
+    """Tokens equal the reference's; bytes loaded <= bound x the inputs'; every row's path allowed
+    and re-reading its row at most twice. Returns the emulated Cost."""
+    compare(base, reward, ref, kwargs, seed=11, offset=2, sm_count=sm_count, threads=256)
+    cost = emu_ops.last_cost
+    vocab = min(base.shape[1], reward.shape[1])
+    inputs = [t for t in (base, reward, ref) if t is not None]
+    input_bytes = sum(t.shape[0] * vocab * t.element_size() for t in inputs)
+    names = cost.path_names()
+    assert all(n in allowed for n in names), f"paths {names}, allowed {allowed}"
+    assert all(emu_ops.READS[n] <= 3 for n in names)  # the row read once, re-read at most twice
+    print(f"cost: loaded {cost.loaded / input_bytes:.3f}x stored {cost.stored / input_bytes:.3f}x the inputs; "
+          f"paths {names}; chunks {cost.chunks}; {kwargs}")
+    assert cost.loaded <= bound * input_bytes, f"loaded {cost.loaded / input_bytes:.3f}x the inputs (bound {bound})"
+    return cost
+
+
+def bench_logits(batch, vocab, inputs=2):
+    import cases  # benchmarks/cases.py: the op benchmarks' logits
+
+    b, r = cases.logits(batch, vocab)
+    ref = (0.9 * b + 0.3 * r) if inputs == 3 else None
+    as_bf16 = lambda t: None if t is None else t.bfloat16()  # noqa: E731
+    return as_bf16(b), as_bf16(r), as_bf16(ref)
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+BENCH_MODES = {"greedy": dict(temperature=0.0), "sample": dict(temperature=0.7),
+               "topk_topp": dict(temperature=0.7, top_k=50, top_p=0.9)}
+# (batch, vocab, mode, inputs): every vocabulary and both plans for topk_topp, the dense modes at the largest V.
+COST_POINTS = [(1, 32064, "topk_topp", 2), (64, 32064, "topk_topp", 3), (8, 128256, "topk_topp", 3),
+               (256, 128256, "topk_topp", 2), (1, 151936, "topk_topp", 3), (64, 151936, "topk_topp", 2),
+               (1, 151936, "greedy", 2), (256, 151936, "sample", 3)]
+
+
+@pytest.mark.parametrize("point", COST_POINTS, ids=lambda p: f"B{p[0]}-V{p[1]}-{p[2]}-{p[3]}in")
+def test_emulated_cost_at_benchmark_points(point):
+    batch, vocab, mode, inputs = point
+    base, reward, ref = bench_logits(1, vocab, inputs)
+    cost = cost_check(base, reward, ref, BENCH_MODES[mode], gpu_plan_sm_count(batch, vocab))
+    assert cost.chunks == (3 if gpu_plan_sm_count(batch, vocab) == 1 else 1)
+
+
+def test_emulated_cost_adversarial_rows():
+    """Top-p alone (a nucleus of thousands of ids, V = 151936 and 256000), top-k 1000, flat rows,
+    massive ties: exact tokens; no row re-reads its row more than twice (the bounded fallback);
+    the rows the candidates decide stay within the byte bound, fallback rows within 3 reads."""
+    base, reward, _ = bench_logits(2, 151936)
+    cost = cost_check(base[1:], reward[1:], None, dict(temperature=0.7, top_p=0.9), GPU_SMS, bound=3.6,
+                      allowed=("histogram",))  # nucleus of 6596 ids: beyond the candidates
+    big_b = llm_logits(1, 256000, torch.bfloat16, seed=41)
+    big_r = llm_logits(1, 256000, torch.bfloat16, seed=42)
+    cost_check(big_b, big_r, None, dict(temperature=1.0, top_p=0.9), GPU_SMS, bound=3.6,
+               allowed=("candidates", "histogram"))
+    cost_check(base[:1], reward[:1], None, dict(temperature=0.7, top_k=1000), 1)
+    flat = torch.zeros(1, 151936, dtype=torch.bfloat16)
+    for kwargs in (dict(temperature=1.0, top_p=0.9), dict(temperature=0.8, top_k=1000, top_p=0.5)):
+        cost_check(flat, flat.clone(), None, kwargs, GPU_SMS)
+    ties = (base[:1].float() * 2).round().div(2).bfloat16()  # ~40 distinct values over 151936 ids
+    for kwargs in (dict(temperature=1.0, top_p=0.9), dict(temperature=0.7, top_k=1000, top_p=0.9)):
+        cost_check(ties, ties.clone(), None, kwargs, 1, bound=3.6,
+                   allowed=("candidates", "threshold", "histogram"))
+    assert cost.paths.tolist() == [4]
+
+
+@pytest.mark.parametrize("sm_count", [132, 1])
+def test_emulated_overflow_status(sm_count):
+    """kStatusOverflow (contract.h): a finite logit whose combined or temperature-scaled score is
+    not finite makes the row's status 3 and its token -1, on every path and before any filter;
+    non-finite inputs themselves only exclude their ids. Other rows are unaffected."""
+    base = llm_logits(5, 3000, torch.float32, seed=21)
+    reward = llm_logits(5, 3000, torch.float32, seed=22)
+    base[0, 17] = 1e33               # scaled by 1 / 1e-6: overflows at row 0's temperature
+    base[1, 2999] = 3e38             # the combination itself overflows (r - b, then b + a (r - b))
+    reward[1, 2999] = -3e38
+    base[2, 5] = float("inf")        # a non-finite input: the id is excluded, no overflow
+    base[3, 9] = 1e34                # overflows, though the plausibility floor / top-k would drop it
+    reward[3, 9] = -1e34
+    temperature = torch.tensor([1e-6, 1.0, 1e-6, 1e-6, 1e-6])
+    for kwargs in (dict(), dict(top_k=5, top_p=0.9), dict(min_p=0.5, plausibility=0.5)):
+        args = _args(base, reward, None, dict(kwargs, temperature=temperature))
+        seed, offset = ops._seed_offset(1, 0, base)
+        got = emu_ops.guided_sample(*args, seed, offset, 0, sm_count=sm_count)
+        assert got[3].tolist() == [3, 3, 0, 3, 0], kwargs
+        assert got[0][[0, 1, 3]].tolist() == [-1, -1, -1]
+        assert torch.isnan(got[1][[0, 1, 3]]).all()
+        want = reference.guided_sample(*args, seed, offset, 0)
+        assert torch.equal(got[0][[2, 4]], want[0][[2, 4]])  # the other rows: the reference's tokens
+
+
+def test_emulated_general_path_for_dense_cut_bins():
+    """A top-p cut inside a histogram bin of more than kGather distinct values (20000 ids within
+    0.01 of each other, one outlier far below widening the bins): the single-block exact search
+    decides, exactly, and the emulation records the row as taking it."""
+    z = torch.rand(1, 20000, generator=torch.Generator().manual_seed(3)) * 0.01
+    z[0, 7] = -100.0
+    compare(z, z.clone(), None, dict(temperature=1.0, top_p=0.9), seed=5)
+    assert emu_ops.last_cost.path_names() == ["general"]
+
+
+@pytest.mark.parametrize("kind, message", [(0, "mask that excludes it"), (1, "divergent shuffle"),
+                                           (2, "different masks")])
+def test_emulated_warp_checks_fail_like_the_gpu(kind, message):
+    """A wrong shuffle mask or a divergent shuffle is reported (the process aborts with a message),
+    not hung on and not silently exchanged across the whole block."""
+    import subprocess
+
+    lib_path = emu_ops.build()._name
+    code = f"import ctypes; ctypes.CDLL({lib_path!r}).emu_warp_probe({kind})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TITA_EMU_WARP_TIMEOUT_S="3"))
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-500:]

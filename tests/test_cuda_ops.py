@@ -134,8 +134,9 @@ def test_cuda_edge_rows():
 
 
 def test_cuda_fallback_and_flat_rows():
-    """Rows the fast path cannot decide go to the exact per-row fallback: top-k above 256, flat
-    rows (ties beyond the candidate slots, nuclei of thousands of ids), late plausibility floors."""
+    """Rows the candidates cannot decide go to the bounded fallback (histogram, then gather + race,
+    over the row's slices): top-k above 256, nuclei of thousands of ids, ties beyond the slots;
+    flat rows are decided by the slices' winners; late plausibility floors."""
     batch, width = 3, 40000
     flat = torch.zeros(batch, width, device=CUDA)
     for kwargs in list(MODES.values()) + [dict(temperature=1.0, top_p=0.5), dict(temperature=1.0, top_k=20)]:
@@ -151,6 +152,19 @@ def test_cuda_fallback_and_flat_rows():
     late[:, :10] = 4.0
     for kwargs in (dict(temperature=1.0, plausibility=0.3), dict(temperature=0.0, plausibility=0.3, top_k=3)):
         compare_with_reference(late, reward, None, kwargs, seed=8, offset=0, backend="cuda")
+
+
+def test_cuda_overflow_status():
+    """Status 3 (contract.h kStatusOverflow): a finite logit whose scaled score overflows fp32."""
+    base = llm_logits(3, 5000, torch.float32, seed=21).to(CUDA)
+    reward = llm_logits(3, 5000, torch.float32, seed=22).to(CUDA)
+    base[0, 17] = 1e33  # / 1e-6 overflows
+    base[1, 3] = float("inf")  # a non-finite input only excludes its id
+    temperature = torch.tensor([1e-6, 1e-6, 1.0], device=CUDA)
+    for kwargs in (dict(), dict(top_k=5, top_p=0.9)):
+        out = tita_ext.guided_sample(base, reward, temperature=temperature, seed=1, backend="cuda",
+                                     check_status=False, **kwargs)
+        assert out.status.tolist() == [3, 0, 0] and int(out.tokens[0]) == -1
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=0.8), dict(temperature=0.7, top_k=50, top_p=0.9),

@@ -102,20 +102,56 @@ def test_buckets_captured_once_in_one_pool():
     assert gen.state._pool is not None and len(gen.state._captured) == 3
 
 
+# CUDA runtime calls that block the host until the device catches up (a DtoH copy into pageable
+# memory, as .item() / .tolist() / bool(tensor) do, appears as cudaMemcpyAsync + cudaStreamSynchronize).
+HOST_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize", "cuMemcpyDtoH")
+
+
+def host_syncs(fn) -> list[str]:
+    """Names of the blocking CUDA runtime / driver calls fn() makes (torch.profiler's CPU-side
+    record of the CUDA API), cudaMemcpyAsync excluded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+    torch.cuda.synchronize()
+    names = {e.name for e in prof.events()}
+    return sorted(n for n in names if n.startswith(HOST_SYNCS) and "Async" not in n)
+
+
+def test_host_sync_detector_sees_a_sync():
+    """The detector below can fail: a device-to-host read is seen, an async launch is not."""
+    x = torch.ones(4, device="cuda")
+    assert host_syncs(lambda: x.sum().item()), "a .item() must show a blocking call"
+    assert host_syncs(lambda: torch.cuda.synchronize())
+    assert host_syncs(lambda: x.add_(1)) == []
+
+
 def test_replay_never_syncs_with_the_host():
+    """A decode step's replay (the graph launch, the host bookkeeping around it) makes no blocking
+    CUDA call, and the eager op path raises under sync-debug mode 'error' if anything syncs."""
     p = cuda_pair("qwen2_vl")
     gen = generator(p, use_cuda_graph=True)
     gen.generate(p.inputs((0, 1)), max_new_tokens=4, do_sample=True, seed=1)  # captures the 2-row step
     (key,) = gen.captured
     replay = gen.state.graph(key)
+    assert host_syncs(lambda: [replay() for _ in range(3)]) == []
+    # The fused op called eagerly with device seeds (what the eager step runs): no sync either.
+    base, reward = torch.randn(2, 1000, device="cuda"), torch.randn(2, 1000, device="cuda")
+    seed, offset = torch.tensor([3], device="cuda"), torch.tensor([0], device="cuda")
+    tita_ext.guided_sample(base, reward, temperature=0.8, top_k=20, top_p=0.9, seed=seed, offset=offset,
+                           check_status=False)  # first call: allocator and module set-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(3):
-            replay()
+        tita_ext.guided_sample(base, reward, temperature=0.8, top_k=20, top_p=0.9, seed=seed, offset=offset,
+                               check_status=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
+    assert host_syncs(lambda: tita_ext.guided_sample(base, reward, temperature=0.8, top_k=20, top_p=0.9, seed=seed,
+                                                     offset=offset, check_status=False)) == []
 
 
 @pytest.mark.parametrize("sync_every", [1, 3, 16])

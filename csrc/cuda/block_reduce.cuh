@@ -22,6 +22,58 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 #define TITA_NEG_INF (-INFINITY)
 
+// Global-memory traffic the CPU emulation counts (tests bound the bytes per call): loads of the
+// logits and of the scratch go through __ldg / gload, stores through gstore.
+#ifdef TITA_CUDA_EMU_THREADS
+#define TITA_COUNT_LOAD(bytes) emu::count_load(bytes)
+#define TITA_COUNT_STORE(bytes) emu::count_store(bytes)
+#define TITA_TRACE_PATH(row, path) emu::trace_path(row, path)
+#else
+#define TITA_COUNT_LOAD(bytes)
+#define TITA_COUNT_STORE(bytes)
+#define TITA_TRACE_PATH(row, path)
+#endif
+
+template <typename T>
+__device__ __forceinline__ void gstore(T* p, const T& v) {
+  TITA_COUNT_STORE(sizeof(T));
+  *p = v;
+}
+template <typename T>
+__device__ __forceinline__ T gload(const T* p) {
+  TITA_COUNT_LOAD(sizeof(T));
+  return *p;
+}
+// A load of what other blocks wrote in this kernel (past L1, which is not coherent across SMs).
+template <typename T>
+__device__ __forceinline__ T gload_l2(const T* p) {
+  static_assert(sizeof(T) % 4 == 0, "loaded as 32-bit words");
+  TITA_COUNT_LOAD(sizeof(T));
+  T v;
+  const unsigned* src = reinterpret_cast<const unsigned*>(p);
+  unsigned* dst = reinterpret_cast<unsigned*>(&v);
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(T) / 4); ++i) dst[i] = __ldcg(src + i);
+  return v;
+}
+// Global atomics (a read and a write of the word each).
+template <typename T>
+__device__ __forceinline__ T gatomic_add(T* p, T v) {
+  TITA_COUNT_LOAD(sizeof(T));
+  TITA_COUNT_STORE(sizeof(T));
+  return atomicAdd(p, v);
+}
+__device__ __forceinline__ void gatomic_min(uint32_t* p, uint32_t v) {
+  TITA_COUNT_LOAD(sizeof(v));
+  TITA_COUNT_STORE(sizeof(v));
+  atomicMin(p, v);
+}
+__device__ __forceinline__ void gatomic_max(uint32_t* p, uint32_t v) {
+  TITA_COUNT_LOAD(sizeof(v));
+  TITA_COUNT_STORE(sizeof(v));
+  atomicMax(p, v);
+}
+
 __device__ __forceinline__ bool is_finite(float x) { return fabsf(x) <= 3.402823466e38f; }  // false for NaN, +-inf
 
 // Online log-sum-exp: m = max, s = sum of exp(x - m) (m = -inf: empty).
@@ -139,6 +191,9 @@ __device__ __forceinline__ T block_exclusive_scan(T v, T* warp_totals, T& total)
 
 struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct MinOp {
+  __device__ float operator()(float a, float b) const { return fminf(a, b); }
 };
 struct MinIntOp {
   __device__ int operator()(int a, int b) const { return a < b ? a : b; }

@@ -2,11 +2,19 @@
 // slices), the scratch they pass each other (slice partials, candidates, row outcomes), and the
 // per-row decisions every kernel must make alike.
 //
-// Kernels of one launch, in stream order (guided_sample.cu):
+// Kernels of one launch, in stream order (guided_sample.cu launch_chain):
 //   base_max   only when a plausibility floor may be on: max of each slice of the base row;
-//   scan       (slice, row) blocks: the one read of the logits for every fast-path row;
-//   finish     one block per row: merge the slices, filter, choose (or the exact fallback);
+//   scan       (slice, row) blocks: the one read of the logits of every row;
+//   finish     one block per row: merge the slices, filter, choose from the candidates; a row the
+//              candidates cannot decide is handed to the bounded fallback (guided_fallback.cuh);
+//   fallback   only when a launch may have filtered rows: histogram (re-read 1), bin select,
+//              gather + race (re-read 2), finish of the fallback rows; blocks of other rows exit;
 //   write      guided_logprobs only: the [B, width] log-probabilities.
+//
+// Every path reads a row at most 3 times (scan + 2 re-reads), spread over the row's slices; the
+// one exception, kept for exactness, is a row whose cut bin holds more than kGather distinct
+// values (see guided_fallback.cuh): the single-block exact search (finish_general), which the
+// CPU emulation counts as RowPath::kGeneral.
 #pragma once
 
 #include <cstdint>
@@ -19,15 +27,33 @@ namespace tita::cuda {
 
 constexpr int kBigChunks = 3;        // 8-id chunks per thread of the large-work plan (small work: 1)
 constexpr int kMaxTopK = 256;        // fast path: top-k up to this (one thread maximum per kept rank)
-constexpr int kDefaultCands = 128;   // per-slice candidate target of rows without top-k (top-p, min-p)
+constexpr int kRowCandTarget = 2048; // candidates a row's slices aim to hand over in all (top-p, min-p, big k)
+constexpr int kMinSliceCands = 16;   // ... but at least this many per slice
 constexpr int kSliceSlots = 512;     // candidates one slice may hand over (more: refined, else fallback)
 constexpr int kRowCands = 4096;      // candidates the finish holds in shared memory (more: fallback)
 constexpr int kMaxSlices = 2048;     // slices per row the finish can prefix-sum (more: fallback)
+constexpr int kBins = 2048;          // fallback histogram bins per row (linear in z over [zmin, zmax])
+constexpr int kGather = kRowCands;
+constexpr int kCoarseBins = 256;     // finish: histogram of the candidates when more than kRowCands pass T
+constexpr int kHistSlices = 8;       // fallback histogram: slices per block (fewer global flushes)   // fallback: elements of the cut bins gathered per row
+
+// Which path decided a row (the CPU emulation records it; tests bound the re-reads per path).
+enum RowPath : int32_t {
+  kPathDense = 1,      // no filter: the scan's winners (1 read)
+  kPathCands = 2,      // the candidates decided it (1 read)
+  kPathThreshold = 3,  // fallback with a known threshold (min-p / ties): race pass (2 reads)
+  kPathHistogram = 4,  // fallback: histogram + gather/race passes (3 reads)
+  kPathGeneral = 5,    // the single-block exact search (unbounded re-reads)
+  kPathStatus = 6,     // bad parameter / no finite / overflow decided by the scan (1 read)
+};
 
 // What the scan of one (slice, row) leaves for the finish.
 struct SlicePartial {
   Lse r, f, z;     // log-sum-exp statistics of the reward row, the reference row (base without one), z
+  double zmass;    // top-p rows: sum of exp(z - zmax) in fp64 (z - zmax exact in fp64)
   float zmax;      // max z of the slice
+  float zmin;      // min finite z of the slice (+inf: none)
+  int32_t overflow;// a finite logit gave a non-finite score (kStatusOverflow)
   float theta;     // every finite z of the slice that was not handed over is < theta (-inf: none dropped)
   Best best;       // dense rows: the slice's winner (greedy: argmax z; sampling: the Gumbel race)
   int32_t n_cands; // sparse rows: candidates handed over; -1: too many (the row takes the fallback)
@@ -46,6 +72,35 @@ struct RowOutcome {
   int32_t status;
 };
 
+// A row the candidates could not decide, between the fallback's kernels (guided_fallback.cuh).
+enum FallbackKind : int32_t {
+  kFallbackNone = 0,       // decided by the finish
+  kFallbackThreshold = 1,  // the threshold is known (tau_min): one race pass
+  kFallbackHistogram = 2,  // histogram pass, then gather + race
+  kFallbackGeneral = 3,    // the cut bins hold more than kGather distinct values: finish_general
+};
+
+struct FallbackRow {
+  int32_t active;        // FallbackKind
+  float zmax, zmin;
+  float tau_min;         // threshold known before the passes (min-p, or a tied cut bin); -inf: none
+  double scale;          // bins per unit of z: bin(z) = min(kBins - 1, (z - zmin) * scale)
+  int32_t b_lo, b_hi;    // gathered bins [b_lo, b_hi]; elements above b_hi are allowed (b_hi = -1: none gathered)
+  int32_t count_above;   // elements in bins above b_hi
+  double mass_above;     // their mass (fp64 exp(z - zmax))
+  double total;          // top-p total over the whole row (histogram path without top-k)
+  int32_t k_active;      // top-k applies (k <= the finite ids)
+  int32_t histogram;     // the histogram pass ran (a tied cut bin turns the row into kFallbackThreshold)
+  int32_t n_gathered;
+  float lse_r, lse_f, floor;
+};
+
+// The fallback's per-(slice, row) race result for the elements above the gathered bins.
+struct RacePartial {
+  Best best;
+  double norm;  // mass of the allowed elements of the slice above the gathered bins
+};
+
 struct KernelArgs {
   GuidedInputs in;
   NoiseSource noise;
@@ -54,8 +109,16 @@ struct KernelArgs {
   int64_t slices;         // slices of the shared range
   SlicePartial* partials; // [batch, slices]
   float* base_max;        // [batch, slices]; nullptr: no plausibility floor in this launch
-  Cand* cands;            // [batch, slices, kSliceSlots]
+  Cand* cands;            // [batch, slices, kSliceSlots]; nullptr: no filtered rows in this launch
   RowOutcome* outcomes;   // [batch] (guided_logprobs)
+  FallbackRow* fallback;  // [batch]; nullptr with cands
+  int32_t* hist_count;    // [batch, kBins]
+  double* hist_mass;      // [batch, kBins]
+  uint32_t* hist_lo;      // [batch, kBins]: min okey of the bin
+  uint32_t* hist_hi;      // [batch, kBins]: max okey of the bin
+  RacePartial* race;      // [batch, slices]
+  Cand* gathered;         // [batch, kGather]
+  int32_t* tickets;       // [batch, 2]: fallback blocks of the row done (histogram, gather)
   int64_t* tokens;        // guided_sample outputs [batch]
   float* logprob;
   float* token_reward;
@@ -68,15 +131,35 @@ __device__ __forceinline__ RowConfig row_config(const KernelArgs& a, int64_t row
   return make_row_config(a.in.params, row, a.in.vocab, a.in.ref.data != nullptr);
 }
 
-// Rows the scan serves; the others (top-k above the cap) are done by the finish's exact fallback.
+// No threshold to find (no top-k, top-p or min-p; a plausibility floor is applied in z): the
+// scan's online statistics and winners decide the row.
+__device__ __forceinline__ bool no_cut(const RowConfig& c) {
+  return c.top_k == 0 && c.top_p >= 1.0f && c.log_min_p == TITA_NEG_INF;
+}
+
+// Rows the scan serves (every row of a launch that can hold it: a floor needs base_max, and the
+// finish prefix-sums at most kMaxSlices slices); the others take the single-block exact search.
 __device__ __forceinline__ bool fast_path(const RowConfig& c, const KernelArgs& a) {
-  return c.top_k <= kMaxTopK && (c.log_floor == TITA_NEG_INF || a.base_max != nullptr) && a.slices <= kMaxSlices;
+  return (c.log_floor == TITA_NEG_INF || a.base_max != nullptr) && a.slices <= kMaxSlices &&
+         (no_cut(c) || a.cands != nullptr);
+}
+
+// Candidates a slice hands over: top-k <= kMaxTopK: k (then the largest slice threshold is at or
+// below the k-th largest of the row: always exact); otherwise enough that the row's slices hand
+// over about kRowCandTarget (exact when the cut lies above the largest slice threshold, else the
+// bounded fallback decides).
+__device__ __forceinline__ int slice_cands(const RowConfig& c, int64_t slices) {
+  if (c.top_k > 0 && c.top_k <= kMaxTopK) return static_cast<int>(c.top_k);
+  int64_t want = kRowCandTarget / slices;
+  if (c.top_k > 0) want = (2 * c.top_k + slices - 1) / slices + kMinSliceCands;
+  want = want < kMinSliceCands ? kMinSliceCands : want;
+  return static_cast<int>(want < kMaxTopK ? want : kMaxTopK);
 }
 
 // The plausibility floor of a row from the base_max slices: max(b) + log(plausibility).
 __device__ __forceinline__ float row_floor(const KernelArgs& a, int64_t row, float log_floor, ReduceSmem& red) {
   float m = TITA_NEG_INF;
-  for (int64_t i = threadIdx.x; i < a.slices; i += kThreads) m = fmaxf(m, a.base_max[row * a.slices + i]);
+  for (int64_t i = threadIdx.x; i < a.slices; i += kThreads) m = fmaxf(m, gload(&a.base_max[row * a.slices + i]));
   m = block_reduce(m, MaxOp{}, red);
   return __fadd_rn(m, log_floor);
 }

@@ -4,7 +4,8 @@
 //   row_load.cuh       16-byte loads of the logits rows, the guided score z, the noise address
 //   select.cuh         exact k-th largest / top-p cut / masses / the race over a set, by bisection
 //   guided_scan.cuh    the one read of the logits: (vocabulary slice, row) blocks
-//   guided_finish.cuh  one block per row: merge, filter, choose; the exact fallback; logprobs
+//   guided_finish.cuh  one block per row: merge, filter, choose; logprobs
+//   guided_fallback.cuh the bounded fallback: histogram, bin select, gather + race, finish
 //
 // No torch or ATen header here (DESIGN section 6); the host launcher guided_ops_cuda.cpp does the
 // checks, the device guard, the stream and the allocations (outputs and scratch), and passes
@@ -14,6 +15,7 @@
 #include <climits>
 
 #include "../common/contract.h"
+#include "guided_fallback.cuh"
 #include "guided_finish.cuh"
 #include "guided_plan.cuh"
 #include "guided_scan.cuh"
@@ -52,7 +54,7 @@ cudaError_t launch_gumbel_noise(const NoiseSource& noise, int64_t rows, int64_t 
   const int64_t col_blocks = (vocab + kNoiseThreads - 1) / kNoiseThreads;
   const dim3 grid(static_cast<unsigned>(col_blocks < kMaxGridX ? col_blocks : kMaxGridX),
                   static_cast<unsigned>(rows < kMaxGridY ? rows : kMaxGridY));
-  gumbel_noise_kernel<<<grid, kNoiseThreads, 0, stream>>>(noise, rows, vocab, out, out_row_stride);
+  TITA_LAUNCH(gumbel_noise_kernel, grid, kNoiseThreads, stream, noise, rows, vocab, out, out_row_stride);
   return cudaGetLastError();
 }
 
@@ -62,18 +64,24 @@ template <int kChunks>
 cudaError_t launch_chain(KernelArgs& a, const Plan& p, cudaStream_t stream) {
   const unsigned rows = static_cast<unsigned>(a.in.batch < 65535 ? a.in.batch : 65535);
   const dim3 grid(static_cast<unsigned>(p.slices), rows);
+  const unsigned row_blocks = static_cast<unsigned>(a.in.batch < (1 << 30) ? a.in.batch : (1 << 30));
   if (a.base_max != nullptr) {
-    base_max_kernel<kChunks><<<grid, kThreads, 0, stream>>>(a);
+    TITA_LAUNCH(base_max_kernel<kChunks>, grid, kThreads, stream, a);
     if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
-  guided_scan_kernel<kChunks><<<grid, kThreads, 0, stream>>>(a);
+  TITA_LAUNCH(guided_scan_kernel<kChunks>, grid, kThreads, stream, a);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  const unsigned finish_blocks = static_cast<unsigned>(a.in.batch < (1 << 30) ? a.in.batch : (1 << 30));
-  guided_finish_kernel<<<finish_blocks, kThreads, 0, stream>>>(a);
+  TITA_LAUNCH(guided_finish_kernel, row_blocks, kThreads, stream, a);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (a.fallback != nullptr) {  // blocks of rows the finish decided exit at once
+    const dim3 hist_grid(static_cast<unsigned>((p.slices + kHistSlices - 1) / kHistSlices), rows);
+    TITA_LAUNCH(fallback_hist_kernel<kChunks>, hist_grid, kThreads, stream, a);  // + select_row
+    TITA_LAUNCH(fallback_gather_kernel<kChunks>, grid, kThreads, stream, a);     // + finish_row
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
   if (!a.choose) {
     const dim3 write_grid(static_cast<unsigned>((a.out_width + p.slice_len - 1) / p.slice_len), rows);
-    write_logprobs_kernel<kChunks><<<write_grid, kThreads, 0, stream>>>(a);
+    TITA_LAUNCH(write_logprobs_kernel<kChunks>, write_grid, kThreads, stream, a);
     return cudaGetLastError();
   }
   return cudaSuccess;

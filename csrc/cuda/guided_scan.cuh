@@ -10,10 +10,12 @@
 //     the best key so far (z + 16.7 >= best), and its logs only for words whose uniform is large
 //     enough (reach_limit): exact, the skipped noise cannot win;
 //   * sparse rows (top-k / top-p / min-p): the candidates, every finite z >= theta, where theta is
-//     the C-th largest of the 256 thread maxima (C = top_k, or kDefaultCands; rounded down to 16
-//     key bits), so at least C ids of the slice pass (about 2C on average). When more than
-//     kSliceSlots pass, theta becomes the slice's exact C-th largest z; if ties still overflow,
-//     the row takes the finish's fallback.
+//     the C-th largest of the 256 thread maxima (C = slice_cands: top_k up to 256, else a share of
+//     kRowCandTarget; rounded down to 16 key bits), so at least C ids of the slice pass (about 2C
+//     on average). When more than kSliceSlots pass, theta becomes the slice's exact C-th largest
+//     z; if ties still overflow, the row takes the bounded fallback;
+//   * every row: min z, the overflow flag (kStatusOverflow), and for top-p rows without top-k the
+//     fp64 mass sum of exp(z - slice max), the top-p total's share of the slice.
 #pragma once
 
 #include "guided_common.cuh"
@@ -60,11 +62,12 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     if (!c.valid || !fast_path(c, a)) continue;  // uniform over the block
     const float floor = c.log_floor == TITA_NEG_INF ? TITA_NEG_INF : row_floor(a, row, c.log_floor, red);
     const ZParams zp = z_params(c, floor);
-    const bool dense = c.dense();
-    const bool want_lz = dense || c.top_k == 0;
+    const bool dense = no_cut(c);
+    const bool want_lz = true;  // dense rows, top-p totals, and rows that turn out flat (finish_fast)
     const RowPtrs rp = row_ptrs(a.in, row);
 
     float z[kPer];
+    bool over = false;
     Lse lr = lse_empty(), lf = lse_empty(), lz = lse_empty();
     Best top = best_none();  // argmax z (key z), lowest id first
     // Vector path: the loads of chunk k + 1 are issued before chunk k is computed on.
@@ -92,7 +95,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
       lf = lse_merge(lf, lse_of<kVec>(f));
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        const float zj = guided_z(zp, b[j], r[j], f[j]);
+        const float zj = guided_z(zp, b[j], r[j], f[j], over);
         z[k * kVec + j] = zj;
         if (zj > top.key) top = Best{zj, zj, static_cast<int32_t>(id0 + j)};
       }
@@ -103,9 +106,22 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     if (want_lz) lz = block_reduce(lz, LseOp{}, red);
     top = block_reduce(top, BestOp{}, red);
     const float zmax = top.key;
+    float zmin = INFINITY;
+    double zmass = 0.0;
+    const bool want_mass = c.top_p < 1.0f && c.top_k == 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      if (z[i] == TITA_NEG_INF) continue;
+      zmin = fminf(zmin, z[i]);
+      if (want_mass) zmass += exp(static_cast<double>(z[i]) - static_cast<double>(zmax));
+    }
+    zmin = block_reduce(zmin, MinOp{}, red);
+    if (want_mass) zmass = block_reduce(zmass, SumDoubleOp{}, red);
+    const int32_t overflow = __syncthreads_or(over) ? 1 : 0;
 
-    SlicePartial part{lr, lf, lz, zmax, TITA_NEG_INF, top, 0};
-    if (dense) {
+    SlicePartial part{lr, lf, lz, zmass, zmax, zmin, overflow, TITA_NEG_INF, top, 0};
+    // The slice's winner over every finite z (a flat row, zmin == zmax, keeps all of them under any filter).
+    {
       if (a.choose && !c.greedy && top.id >= 0) {
         const NoiseAddress addr = noise_address(a.noise, row);
         Best mine = top;
@@ -130,7 +146,9 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
         }
         part.best = block_reduce(mine, BestOp{}, red);
       }
-      if (threadIdx.x == 0) a.partials[row * a.slices + s] = part;
+    }
+    if (dense) {
+      if (threadIdx.x == 0) gstore(&a.partials[row * a.slices + s], part);
       continue;
     }
 
@@ -138,7 +156,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     float tmax = TITA_NEG_INF;
 #pragma unroll
     for (int i = 0; i < kPer; ++i) tmax = fmaxf(tmax, z[i]);
-    const int C = c.top_k > 0 ? static_cast<int>(c.top_k) : kDefaultCands;
+    const int C = slice_cands(c, a.slices);
     float theta = TITA_NEG_INF;
     if (__syncthreads_count(tmax != TITA_NEG_INF) >= C) theta = kth_of_thread_values(tmax, C);
     int mine = 0;
@@ -168,11 +186,11 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
         if (z[i] != TITA_NEG_INF && z[i] >= theta) {
           const int k = i / kVec, j = i % kVec;
           const int64_t id = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + j;
-          out[atomicAdd(&slot_count, 1)] = Cand{z[i], static_cast<int32_t>(id)};
+          gstore(&out[atomicAdd(&slot_count, 1)], Cand{z[i], static_cast<int32_t>(id)});
         }
       }
     }
-    if (threadIdx.x == 0) a.partials[row * a.slices + s] = part;
+    if (threadIdx.x == 0) gstore(&a.partials[row * a.slices + s], part);
     __syncthreads();  // slot_count is reset by the next row of this block
   }
 }
@@ -195,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) base_max_kernel(KernelArgs a) {
       for (int j = 0; j < kVec; ++j) m = fmaxf(m, b[j]);
     }
     m = block_reduce(m, MaxOp{}, red);
-    if (threadIdx.x == 0) a.base_max[row * a.slices + blockIdx.x] = m;
+    if (threadIdx.x == 0) gstore(&a.base_max[row * a.slices + blockIdx.x], m);
   }
 }
 

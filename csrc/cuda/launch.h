@@ -14,6 +14,13 @@
 
 #include "../common/contract.h"
 
+// A kernel launch on a stream; the CPU emulation (tests/cuda_emu/emu.h) runs the grid on its pool.
+#ifdef TITA_CUDA_EMU_THREADS
+#define TITA_LAUNCH(kernel, grid, block, stream, ...) ::emu::launch(dim3(grid), [&] { kernel(__VA_ARGS__); })
+#else
+#define TITA_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
 namespace tita::cuda {
 
 // Element type of a logits tensor.

@@ -169,7 +169,7 @@ __device__ __forceinline__ ZParams z_params(const RowConfig& c, float floor) {
   return ZParams{c.alpha, __fsub_rn(1.0f, c.alpha), c.inv_t, floor, c.lerp ? (c.alpha < 0.5f ? 0 : 1) : 2};
 }
 
-__device__ __forceinline__ float guided_z(const ZParams& p, float b, float r, float f) {
+__device__ __forceinline__ float guided_z(const ZParams& p, float b, float r, float f, bool& overflow) {
   float s;
   if (p.form == 2) {
     s = __fadd_rn(b, __fmul_rn(p.alpha, __fsub_rn(r, f)));
@@ -178,8 +178,18 @@ __device__ __forceinline__ float guided_z(const ZParams& p, float b, float r, fl
   } else {
     s = __fsub_rn(r, __fmul_rn(__fsub_rn(r, b), p.one_minus));
   }
-  if (!is_finite(s) || b < p.floor) s = TITA_NEG_INF;
-  return __fmul_rn(s, p.inv_t);
+  const float z = __fmul_rn(s, p.inv_t);
+  // kStatusOverflow: every input finite (clean() made the others -inf), the score not.
+  const bool inputs_finite = b != TITA_NEG_INF && r != TITA_NEG_INF && f != TITA_NEG_INF;
+  overflow = overflow || (inputs_finite && !is_finite(z));
+  if (!is_finite(s) || b < p.floor) return TITA_NEG_INF;
+  return is_finite(z) ? z : TITA_NEG_INF;
+}
+
+// guided_z where the overflow flag is not needed (the scan has already reported it).
+__device__ __forceinline__ float guided_z(const ZParams& p, float b, float r, float f) {
+  bool unused = false;
+  return guided_z(p, b, r, f, unused);
 }
 
 // The noise address of one row, exactly as the CPU kernel builds it (guided_ops_cpu.cpp make_plan).

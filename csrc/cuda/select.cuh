@@ -63,19 +63,25 @@ __device__ float top_p_cut(const Src& src, float zmax, float tau, double target,
 
 // The winner over the allowed set (finite z >= tau): greedy (key z) or the Gumbel race (key
 // z + gumbel_at(address, id)); ties to the lowest id. Noise is drawn only where it can still win.
+// One entry of the race: greedy (key z) or the Gumbel race (key z + gumbel_at(address, id)), ties
+// to the lowest id; noise is drawn only where it can still beat mine.
+__device__ __forceinline__ void race_enter(Best& mine, float z, int64_t id, bool greedy, const NoiseAddress& addr) {
+  if (greedy) {
+    const Best c{z, z, static_cast<int32_t>(id)};
+    if (beats(c, mine)) mine = c;
+    return;
+  }
+  if (mine.id >= 0 && z + kGumbelMax < mine.key) return;
+  const Best c{__fadd_rn(z, gumbel_of(addr, id)), z, static_cast<int32_t>(id)};
+  if (beats(c, mine)) mine = c;
+}
+
+// The winner over the allowed set (finite z >= tau).
 template <class Src>
 __device__ Best choose_among(const Src& src, float tau, bool greedy, const NoiseAddress& addr, ReduceSmem& red) {
   Best mine = best_none();
   src.each([&](float z, int64_t id) {
-    if (z == TITA_NEG_INF || z < tau) return;
-    if (greedy) {
-      const Best c{z, z, static_cast<int32_t>(id)};
-      if (beats(c, mine)) mine = c;
-      return;
-    }
-    if (mine.id >= 0 && z + kGumbelMax < mine.key) return;
-    const Best c{__fadd_rn(z, gumbel_of(addr, id)), z, static_cast<int32_t>(id)};
-    if (beats(c, mine)) mine = c;
+    if (z != TITA_NEG_INF && z >= tau) race_enter(mine, z, id, greedy, addr);
   });
   return block_reduce(mine, BestOp{}, red);
 }

@@ -1,7 +1,8 @@
 // A CPU emulation of the CUDA features the fused kernels use, so that their device code
 // (csrc/cuda/*.cuh) runs on a machine without a GPU: one OS thread per CUDA thread of a block,
-// blocks one after another; __syncthreads is a barrier; shuffles and __syncthreads_count go
-// through shared buffers between barriers; fp32 arithmetic is IEEE (built with -ffp-contract=off,
+// blocks one after another; __syncthreads is a block barrier; shuffles are exchanged per warp of
+// 32 lanes (masks checked, a divergent shuffle reported, not hung); __syncthreads_count goes
+// through a shared counter between barriers; global loads and stores are counted; fp32 arithmetic is IEEE (built with -ffp-contract=off,
 // so __fadd_rn & co. are plain operations, as on the device).
 //
 // It checks the kernels' logic (plan, slices, merges, selections, the race, addressing, strides,
@@ -12,6 +13,11 @@
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -61,10 +67,19 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, int, int) {
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
+namespace emu {
+inline void count_load(size_t bytes);
+}
 template <typename T>
 inline T __ldg(const T* p) {
+  emu::count_load(sizeof(T));
   return *p;
 }
+template <typename T>
+inline T __ldcg(const T* p) {  // counted by gload_l2
+  return *p;
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <typename To, typename From>
 inline To emu_bits(From f) {
@@ -115,14 +130,60 @@ struct alignas(16) Slot {
   unsigned char bytes[16];
 };
 
+// Warp-level exchange, per warp of 32 lanes: every lane named in the mask must arrive (with the
+// same mask, which must include the caller); a lane missing (a divergent shuffle) or a mask that
+// disagrees fails with a message, as the GPU's result would be undefined, instead of hanging.
+class WarpSync {
+ public:
+  void arrive(unsigned mask) {
+    std::unique_lock<std::mutex> lock(m_);
+    const int lane = static_cast<int>(threadIdx.x & 31u);
+    if (!(mask & (1u << lane))) fail("a lane shuffles with a mask that excludes it", mask);
+    if (count_ == 0) mask_ = mask;
+    if (mask != mask_) fail("lanes of one warp shuffle with different masks", mask);
+    const unsigned gen = gen_;
+    if (++count_ == __builtin_popcount(mask_)) {
+      count_ = 0;
+      ++gen_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(timeout_s()), [&] { return gen_ != gen; })) {
+      fail("divergent shuffle: not every lane of the mask arrived in time", mask);
+    }
+  }
+
+ private:
+  // TITA_EMU_WARP_TIMEOUT_S (default 120): how long lanes wait for the rest of their warp.
+  static int timeout_s() {
+    static const int t = [] {
+      const char* e = std::getenv("TITA_EMU_WARP_TIMEOUT_S");
+      return e != nullptr && std::atoi(e) > 0 ? std::atoi(e) : 120;
+    }();
+    return t;
+  }
+  [[noreturn]] void fail(const char* what, unsigned mask) {
+    std::fprintf(stderr, "CUDA emulation: %s (thread %u, mask %08x, block %u,%u)\n", what, threadIdx.x, mask,
+                 blockIdx.x, blockIdx.y);
+    std::abort();
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  int count_ = 0;
+  unsigned mask_ = 0, gen_ = 0;
+};
+
 template <typename T>
-inline T exchange(T v, int partner) {
+inline T exchange(T v, int partner, unsigned mask) {
+  static_assert(sizeof(T) <= sizeof(Slot), "shuffled type too large");
   static Slot buf[kBlock];
+  static WarpSync warps[(kBlock + 31) / 32];
+  WarpSync& w = warps[threadIdx.x / 32];
   std::memcpy(&buf[threadIdx.x], &v, sizeof(T));
-  block_barrier().arrive_and_wait();
+  w.arrive(mask);  // every lane has written
   T r;
-  std::memcpy(&r, &buf[partner], sizeof(T));
-  block_barrier().arrive_and_wait();
+  std::memcpy(&r, &buf[(threadIdx.x & ~31u) + (partner & 31)], sizeof(T));
+  w.arrive(mask);  // every lane has read before the buffer is reused
   return r;
 }
 
@@ -180,6 +241,31 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+// The pool every emulated launch runs on (TITA_LAUNCH in csrc/cuda/launch.h).
+inline void launch(dim3 grid, const std::function<void()>& body) {
+  static Pool pool;
+  pool.run(grid, body);
+}
+
+// Global-memory traffic and row paths of the calls since reset_counters (csrc/cuda/block_reduce.cuh
+// gload / gstore / __ldg, TITA_TRACE_PATH).
+inline std::atomic<int64_t> loaded{0}, stored{0};
+inline std::vector<int32_t> paths;  // per row: the last RowPath recorded (0: none)
+inline std::atomic<int32_t> path_writes{0};
+inline void count_load(size_t bytes) { loaded.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
+inline void count_store(size_t bytes) { stored.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
+inline void trace_path(int64_t row, int32_t path) {
+  if (threadIdx.x != 0) return;
+  if (row >= 0 && static_cast<size_t>(row) < paths.size()) paths[row] = path;
+  path_writes.fetch_add(1);
+}
+inline void reset_counters(int64_t rows) {
+  loaded = 0;
+  stored = 0;
+  path_writes = 0;
+  paths.assign(static_cast<size_t>(rows), 0);
+}
+
 }  // namespace emu
 
 inline void __syncthreads() { emu::block_barrier().arrive_and_wait(); }
@@ -187,12 +273,27 @@ inline int __syncthreads_count(int pred) { return emu::count_barrier(pred); }
 inline int __syncthreads_or(int pred) { return emu::count_barrier(pred) > 0; }
 
 template <typename T>
-inline T __shfl_xor_sync(unsigned, T v, int o) {
-  return emu::exchange(v, static_cast<int>(threadIdx.x) ^ o);
+inline T __shfl_xor_sync(unsigned mask, T v, int o) {
+  return emu::exchange(v, static_cast<int>(threadIdx.x & 31u) ^ o, mask);
 }
 template <typename T>
-inline T __shfl_up_sync(unsigned, T v, unsigned d) {
+inline T __shfl_up_sync(unsigned mask, T v, unsigned d) {
   const int lane = static_cast<int>(threadIdx.x & 31u);
-  return emu::exchange(v, lane >= static_cast<int>(d) ? static_cast<int>(threadIdx.x - d) : static_cast<int>(threadIdx.x));
+  return emu::exchange(v, lane >= static_cast<int>(d) ? lane - static_cast<int>(d) : lane, mask);
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+inline unsigned atomicMin(unsigned* p, unsigned v) {
+  std::atomic_ref<unsigned> a(*p);
+  unsigned old = a.load();
+  while (v < old && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+  std::atomic_ref<unsigned> a(*p);
+  unsigned old = a.load();
+  while (v > old && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}

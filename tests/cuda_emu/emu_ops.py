@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import NamedTuple
 
 import torch
 
@@ -63,10 +64,32 @@ def build(threads: int = THREADS) -> ctypes.CDLL:
         os.replace(tmp, lib_path)
     lib = ctypes.CDLL(lib_path)
     lib.emu_guided.restype = ctypes.c_int
+    lib.emu_counters.restype = None
     for name in ("emu_reach_violations", "emu_reach_passing"):
         getattr(lib, name).restype = ctypes.c_int64
         getattr(lib, name).argtypes = [ctypes.c_float]
     return lib
+
+
+# RowPath codes (csrc/cuda/guided_common.cuh) and the reads of its row each path makes.
+PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status"}
+READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1}  # general: unbounded
+
+
+class Cost(NamedTuple):
+    """What the last emulated call cost: global-memory bytes loaded and stored, the path of each
+    row (int32 [B], PATHS codes) and the plan's chunks per thread."""
+
+    loaded: int
+    stored: int
+    paths: torch.Tensor
+    chunks: int
+
+    def path_names(self) -> list[str]:
+        return [PATHS.get(int(p), "none") for p in self.paths]
+
+
+last_cost: Cost | None = None
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
@@ -101,6 +124,11 @@ def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int
         _ptr(token_reward), _ptr(status), _ptr(out), ctypes.c_int64(out_width))
     if chunks < 0:
         raise ValueError("the emulated launcher refused its arguments")
+    loaded, stored = ctypes.c_int64(), ctypes.c_int64()
+    paths = torch.zeros(batch, dtype=torch.int32)
+    build(threads).emu_counters(ctypes.byref(loaded), ctypes.byref(stored), _ptr(paths), ctypes.c_int64(batch))
+    global last_cost
+    last_cost = Cost(loaded.value, stored.value, paths, chunks)
     return (tokens, logprob, token_reward, status), out
 
 

@@ -1,0 +1,345 @@
+// The bounded fallback: rows the candidates could not decide (a nucleus, min-p window or top-k
+// reaching below the largest slice threshold; ties beyond a slice's slots). At most two more
+// reads of the row, spread over its slices like the scan:
+//   fallback_hist    (kHistSlices slices, row) blocks, histogram rows only: kBins bins linear in z over
+//                    [zmin, zmax]: counts, fp64 masses exp(z - zmax) (the reference's top-p terms),
+//                    min / max key per bin; shared-memory histograms, then global atomics;
+//   select_row       the last histogram block of the row to arrive (atomic ticket): the bin of the
+//                    k-th largest and the bin of the top-p cut (a range of bins when top-k leaves
+//                    the top-p total uncertain inside its bin);
+//   fallback_gather  (slice, row) blocks: elements above the range are allowed (they enter the race
+//                    and the normaliser at once); elements inside it are gathered (<= kGather);
+//   finish_row       the last gather block of the row to arrive: the exact k-th largest and top-p
+//                    cut over the sorted gathered elements, their race, merged with the slices'.
+// Two launches, whose blocks of rows the finish decided exit at once.
+// Rows whose threshold is known without a histogram (min-p alone; a tied cut bin) skip the first
+// pass. A cut range of more than kGather distinct values takes finish_general (RowPath::kGeneral).
+#pragma once
+
+#include <climits>
+
+#include "guided_finish.cuh"
+
+namespace tita::cuda {
+
+__device__ __forceinline__ int bin_of(const FallbackRow& fb, float z) {
+  const double x = (static_cast<double>(z) - static_cast<double>(fb.zmin)) * fb.scale;
+  if (!(x > 0.0)) return 0;
+  return x >= kBins ? kBins - 1 : static_cast<int>(x);
+}
+
+// f(z, id) for every finite z of this block's slice of the row (the scan's id layout).
+template <int kChunks, class F>
+__device__ __forceinline__ void each_slice_z(const KernelArgs& a, int64_t row, int64_t slice, const ZParams& zp, F f) {
+  const RowPtrs rp = row_ptrs(a.in, row);
+  const int64_t v0 = slice * a.slice_len;
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+    const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
+    if (id0 >= a.in.vocab) continue;
+    float b[kVec], r[kVec], fr[kVec];
+    load_chunk(rp, id0, a.in.vocab, b, r, fr);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const float z = guided_z(zp, b[j], r[j], fr[j]);
+      if (z != TITA_NEG_INF) f(z, id0 + j);
+    }
+  }
+}
+
+// The row's fallback state, loaded once per block (thread 0) and shared.
+__device__ __forceinline__ FallbackRow load_fallback(const KernelArgs& a, int64_t row, FallbackRow& shared) {
+  if (threadIdx.x == 0) shared = gload(&a.fallback[row]);
+  __syncthreads();
+  const FallbackRow fb = shared;
+  __syncthreads();  // shared is overwritten by the next row
+  return fb;
+}
+
+// True in the last of `blocks` blocks to reach this point for the ticket's row: its writes and
+// every earlier block's are visible to it (fences on both sides of the ticket).
+__device__ __forceinline__ bool last_to_arrive(int32_t* ticket, unsigned blocks) {
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = gatomic_add(ticket, 1) == static_cast<int32_t>(blocks) - 1;
+  __syncthreads();
+  __threadfence();
+  return last != 0;
+}
+
+// Thread t holds kBinsPer consecutive bins from the top: order index i = t * kBinsPer + q is bin
+// kBins - 1 - i. first_reaching: the smallest order index whose inclusive sum reaches `need`.
+constexpr int kBinsPer = kBins / kThreads;
+static_assert(kBins % kThreads == 0, "bins per thread");
+
+template <typename T>
+__device__ __forceinline__ int first_reaching(const T* v, T before, T need, const int* cnt, ReduceSmem& red) {
+  int found = INT_MAX;
+#pragma unroll
+  for (int q = 0; q < kBinsPer; ++q) {
+    before += v[q];
+    if (cnt[q] > 0 && before >= need && found == INT_MAX) found = threadIdx.x * kBinsPer + q;
+  }
+  return block_reduce(found, MinIntOp{}, red);
+}
+
+// Run by the last histogram block of a row to arrive: the bins of the cut, from the whole row's
+// histogram (read past L1: other blocks wrote it).
+__device__ __forceinline__ void select_row(const KernelArgs& a, int64_t row, FallbackRow fb) {
+  __shared__ ReduceSmem red;
+  __shared__ int warp_int[kWarps];
+  __shared__ double warp_dbl[kWarps];
+  {
+    const RowConfig c = row_config(a, row);
+    int cnt[kBinsPer];
+    double ms[kBinsPer];
+    int my_n = 0, last = -1;
+    double my_m = 0.0;
+#pragma unroll
+    for (int q = 0; q < kBinsPer; ++q) {
+      const int64_t bin = row * kBins + (kBins - 1 - (threadIdx.x * kBinsPer + q));
+      cnt[q] = gload_l2(&a.hist_count[bin]);
+      ms[q] = cnt[q] > 0 ? gload_l2(&a.hist_mass[bin]) : 0.0;
+      my_n += cnt[q];
+      my_m += ms[q];
+      if (cnt[q] > 0) last = threadIdx.x * kBinsPer + q;
+    }
+    int n_all = 0;
+    double m_all = 0.0;
+    const int n_before = block_exclusive_scan(my_n, warp_int, n_all);
+    const double m_before = block_exclusive_scan(my_m, warp_dbl, m_all);
+    const int i_last = -block_reduce(-last, MinIntOp{}, red);  // the lowest non-empty bin
+    // top-k: the bin of the k-th largest (k < finite count; otherwise top-k keeps everything).
+    int ik = i_last;
+    fb.k_active = c.top_k > 0 && c.top_k <= n_all ? 1 : 0;
+    if (fb.k_active) ik = first_reaching<int>(cnt, n_before, static_cast<int>(c.top_k), cnt, red);
+    // Mass and count above order index i, and mass of the bin i (from its owner).
+    auto above = [&](int i, double& m, int& n, double& own) {
+      double mm = 0.0, oo = 0.0;
+      int nn = 0;
+      if (static_cast<int>(threadIdx.x) == i / kBinsPer) {
+        mm = m_before;
+        nn = n_before;
+        for (int q = 0; q < i % kBinsPer; ++q) mm += ms[q], nn += cnt[q];
+        oo = ms[i % kBinsPer];
+      }
+      m = block_reduce(mm, SumDoubleOp{}, red);
+      n = block_reduce(nn, SumIntOp{}, red);
+      own = block_reduce(oo, SumDoubleOp{}, red);
+    };
+    int i_top = ik, i_bot = ik;
+    if (c.top_p < 1.0f) {
+      double m_k = 0.0, own_k = 0.0;
+      int n_k = 0;
+      above(ik, m_k, n_k, own_k);
+      // The top-p total: the whole row, or (top-k) the mass >= the k-th largest, known up to its bin.
+      const bool use_k = fb.k_active != 0;
+      const double lo_t = static_cast<double>(c.top_p) * (use_k ? m_k : m_all);
+      const double hi_t = static_cast<double>(c.top_p) * (use_k ? m_k + own_k : m_all);
+      const int i_hi = first_reaching<double>(ms, m_before, lo_t, cnt, red);
+      const int i_lo = first_reaching<double>(ms, m_before, hi_t, cnt, red);
+      i_top = i_hi < ik ? i_hi : ik;
+      i_bot = use_k ? ik : (i_lo < ik ? i_lo : ik);
+      fb.total = m_all;
+    }
+    double m_above = 0.0, own = 0.0;
+    int n_above = 0;
+    above(i_top, m_above, n_above, own);
+    double m_end = 0.0;
+    int n_end = 0;
+    above(i_bot, m_end, n_end, own);
+    const int n_range = n_end + gload_l2(&a.hist_count[row * kBins + kBins - 1 - i_bot]) - n_above;
+    fb.b_hi = kBins - 1 - i_top;
+    fb.b_lo = kBins - 1 - i_bot;
+    fb.count_above = n_above;
+    fb.mass_above = m_above;
+    fb.n_gathered = 0;
+    if (n_range > kGather) {
+      const uint32_t klo = gload_l2(&a.hist_lo[row * kBins + fb.b_lo]), khi = gload_l2(&a.hist_hi[row * kBins + fb.b_lo]);
+      if (fb.b_lo == fb.b_hi && klo == khi) {  // one value: the cut is that value, ties all kept
+        fb.tau_min = fmaxf(fb.tau_min, from_okey(klo));
+        fb.b_lo = fb.b_hi = -1;
+        fb.active = kFallbackThreshold;
+        fb.histogram = 1;
+      } else {
+        fb.active = kFallbackGeneral;
+      }
+    }
+    if (threadIdx.x == 0) gstore(&a.fallback[row], fb);
+    __syncthreads();
+  }
+}
+
+// The exact cut over the gathered elements (sorted): tau, or false when the histogram's bins and
+// the gathered values disagree (then the row takes finish_general).
+__device__ __forceinline__ bool gathered_cut(const RowConfig& c, const FallbackRow& fb, const Cand* cands, int n,
+                                             double* warp_dbl, ReduceSmem& red, float& tau) {
+  float tau_k = TITA_NEG_INF;
+  if (fb.k_active) {
+    const int64_t pos = c.top_k - fb.count_above - 1;
+    if (pos < 0 || pos >= n) return false;  // the k-th largest outside the gathered bins: inconsistent
+    tau_k = cands[pos].z;
+  }
+  float tau_p = TITA_NEG_INF;
+  if (c.top_p < 1.0f) {
+    const int per = (n + kThreads - 1) / kThreads;
+    const int first = threadIdx.x * per, end = first + per < n ? first + per : n;
+    double mine = 0.0;
+    for (int i = first; i < end; ++i) {
+      if (cands[i].z >= tau_k) mine += exp(static_cast<double>(__fsub_rn(cands[i].z, fb.zmax)));
+    }
+    double gathered = 0.0;
+    double before = fb.mass_above + block_exclusive_scan(mine, warp_dbl, gathered);
+    const double total = fb.k_active ? fb.mass_above + gathered : fb.total;
+    const double target = static_cast<double>(c.top_p) * total;
+    if (!(fb.mass_above < target)) return false;  // the cut would lie above the gathered bins
+    int cut_at = INT_MAX;
+    for (int i = first; i < end; ++i) {
+      if (cands[i].z < tau_k) continue;
+      before += exp(static_cast<double>(__fsub_rn(cands[i].z, fb.zmax)));
+      if (before >= target && cut_at == INT_MAX) cut_at = i;
+    }
+    cut_at = block_reduce(cut_at, MinIntOp{}, red);
+    if (cut_at == INT_MAX) return false;  // ... or below them
+    tau_p = cands[cut_at].z;
+  }
+  tau = fmaxf(fb.tau_min, fmaxf(tau_k, tau_p));
+  return true;
+}
+
+// Run by the last gather block of a row to arrive: the exact cut over the gathered ids, the race
+// merged with the slices' winners, and the row's outputs.
+__device__ __forceinline__ void finish_row(const KernelArgs& a, int64_t row, const FallbackRow& fb) {
+  __shared__ Cand cands[kGather];
+  __shared__ double warp_dbl[kWarps];
+  __shared__ ReduceSmem red;
+  {
+    const RowConfig c = row_config(a, row);
+    RowResult res;
+    bool general = fb.active == kFallbackGeneral;
+    if (!general) {
+      Best best = best_none();
+      double norm = 0.0;
+      for (int64_t i = threadIdx.x; i < a.slices; i += kThreads) {
+        const RacePartial p = gload_l2(&a.race[row * a.slices + i]);
+        if (beats(p.best, best)) best = p.best;
+        norm += p.norm;
+      }
+      float tau = fb.tau_min;
+      if (fb.active == kFallbackHistogram) {
+        const int gathered = gload_l2(&a.fallback[row].n_gathered);
+        const int n = gathered < kGather ? gathered : kGather;
+        for (int i = threadIdx.x; i < n; i += kThreads) cands[i] = gload_l2(&a.gathered[row * kGather + i]);
+        __syncthreads();
+        bitonic_sort(cands, n);
+        general = gathered > kGather || !gathered_cut(c, fb, cands, n, warp_dbl, red, tau);
+        if (!general) {
+          const NoiseAddress addr = a.choose && !c.greedy ? noise_address(a.noise, row) : NoiseAddress{0, 0, 0};
+          for (int i = threadIdx.x; i < n; i += kThreads) {
+            const Cand x = cands[i];
+            if (x.z < tau) continue;
+            norm += exp(static_cast<double>(__fsub_rn(x.z, fb.zmax)));
+            if (a.choose) race_enter(best, x.z, x.id, c.greedy, addr);
+          }
+        }
+      }
+      if (!general) {
+        res.best = block_reduce(best, BestOp{}, red);
+        res.tau = tau;
+        res.log_norm = fb.zmax + static_cast<float>(log(block_reduce(norm, SumDoubleOp{}, red)));
+        res.floor = fb.floor;
+        res.lse_r = fb.lse_r;
+        res.lse_f = fb.lse_f;
+        TITA_TRACE_PATH(row, fb.active == kFallbackHistogram || fb.histogram ? kPathHistogram : kPathThreshold);
+      }
+    }
+    if (general) {
+      finish_general(a, row, c, red, res);
+      TITA_TRACE_PATH(row, kPathGeneral);
+    }
+    write_row(a, row, res);
+    __syncthreads();
+  }
+}
+
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) fallback_gather_kernel(KernelArgs a) {
+  __shared__ ReduceSmem red;
+  __shared__ FallbackRow shared;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const FallbackRow fb = load_fallback(a, row, shared);
+    if (fb.active == kFallbackNone) continue;
+    if (fb.active == kFallbackGeneral) {  // too many distinct values in the cut bins: one block decides
+      if (blockIdx.x == 0) finish_row(a, row, fb);
+      continue;
+    }
+    const RowConfig c = row_config(a, row);
+    const ZParams zp = z_params(c, fb.floor);
+    const NoiseAddress addr = a.choose && !c.greedy ? noise_address(a.noise, row) : NoiseAddress{0, 0, 0};
+    Best mine = best_none();
+    double norm = 0.0;
+    each_slice_z<kChunks>(a, row, blockIdx.x, zp, [&](float z, int64_t id) {
+      if (fb.b_hi >= 0) {
+        const int b = bin_of(fb, z);
+        if (b < fb.b_lo) return;
+        if (b <= fb.b_hi) {
+          const int at = gatomic_add(&a.fallback[row].n_gathered, 1);
+          if (at < kGather) gstore(&a.gathered[row * kGather + at], Cand{z, static_cast<int32_t>(id)});
+          return;
+        }
+      }
+      if (z < fb.tau_min) return;
+      norm += exp(static_cast<double>(__fsub_rn(z, fb.zmax)));
+      if (a.choose) race_enter(mine, z, id, c.greedy, addr);
+    });
+    mine = block_reduce(mine, BestOp{}, red);
+    norm = block_reduce(norm, SumDoubleOp{}, red);
+    if (threadIdx.x == 0) gstore(&a.race[row * a.slices + blockIdx.x], RacePartial{mine, norm});
+    if (last_to_arrive(&a.tickets[2 * row + 1], gridDim.x)) finish_row(a, row, fb);
+    __syncthreads();
+  }
+}
+
+template <int kChunks>
+__global__ void __launch_bounds__(kThreads) fallback_hist_kernel(KernelArgs a) {
+  __shared__ int count[kBins];
+  __shared__ double mass[kBins];
+  __shared__ uint32_t lo[kBins], hi[kBins];
+  __shared__ FallbackRow shared;
+  for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
+    const FallbackRow fb = load_fallback(a, row, shared);
+    if (fb.active != kFallbackHistogram) continue;
+    for (int i = threadIdx.x; i < kBins; i += kThreads) {
+      count[i] = 0;
+      mass[i] = 0.0;
+      lo[i] = 0xFFFFFFFFu;
+      hi[i] = 0u;
+    }
+    __syncthreads();
+    const ZParams zp = z_params(row_config(a, row), fb.floor);
+    const int64_t s_end = (blockIdx.x + 1) * int64_t{kHistSlices};
+    for (int64_t s = blockIdx.x * int64_t{kHistSlices}; s < s_end && s < a.slices; ++s) {
+      each_slice_z<kChunks>(a, row, s, zp, [&](float z, int64_t) {
+        const int b = bin_of(fb, z);
+        atomicAdd(&count[b], 1);
+        atomicAdd(&mass[b], exp(static_cast<double>(__fsub_rn(z, fb.zmax))));
+        atomicMin(&lo[b], okey(z));
+        atomicMax(&hi[b], okey(z));
+      });
+    }
+    __syncthreads();
+    const int64_t at = row * kBins;
+    for (int i = threadIdx.x; i < kBins; i += kThreads) {
+      if (count[i] == 0) continue;
+      gatomic_add(&a.hist_count[at + i], count[i]);
+      gatomic_add(&a.hist_mass[at + i], mass[i]);
+      gatomic_min(&a.hist_lo[at + i], lo[i]);
+      gatomic_max(&a.hist_hi[at + i], hi[i]);
+    }
+    if (last_to_arrive(&a.tickets[2 * row], gridDim.x)) select_row(a, row, fb);
+    __syncthreads();
+  }
+}
+
+}  // namespace tita::cuda
