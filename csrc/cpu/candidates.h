@@ -119,7 +119,7 @@ inline double fill_weights(std::vector<Candidate>& v, float zmax) {
   std::vector<float> z(padded, -kInf);
   std::vector<double> e(padded);
   for (size_t j = 0; j < n; ++j) z[j] = v[j].z;
-  const MassSums sums = masses64(z.data(), static_cast<int>(padded), zmax, kKeyClamp, e.data());
+  const MassSums sums = masses64(z.data(), static_cast<int>(padded), zmax, kKeyClamp, -kInf, e.data());
   for (size_t j = 0; j < n; ++j) v[j].e = e[j];
   return sums.total;
 }
@@ -197,8 +197,12 @@ inline bool finish_two_pass(const RowConfig& c, const NoiseAddress& noise, const
   }
   double norm = 0.0;
   for (const Candidate& x : v) norm += x.e;
-  const float streamed = st.guided.value();
-  if (streamed != -kInf) norm += std::exp(static_cast<double>(streamed) - f.zmax);
+  const float streamed = st.guided.value();  // min-p alone: an fp32 log-sum-exp of the kept ids
+  if (f.top_p) {
+    norm += st.kept64;
+  } else if (streamed != -kInf) {
+    norm += std::exp(static_cast<double>(streamed) - f.zmax);
+  }
   out.log_norm = f.zmax + static_cast<float>(std::log(norm));
   if (!choose) return true;
   out.token = st.best_id;

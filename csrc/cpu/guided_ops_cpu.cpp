@@ -315,11 +315,14 @@ struct Plan {
   }
 };
 
-// Dense without filters; two passes for top-p / min-p rows without top-k or floor (their allowed
-// set can be most of the row); the candidate buffer otherwise (top-k bounds it; a floor usually).
+// Dense without filters; two passes for top-p rows and low min-p cuts without top-k or floor (their
+// allowed set can be most of the row); the candidate buffer otherwise (top-k bounds it, a min-p cut
+// within kMinPBuffer of the maximum too, a floor usually).
+constexpr float kMinPBuffer = 10.0f;
+
 Route route_of(const RowConfig& c) {
   if (c.dense()) return Route::kDense;
-  const bool wide = c.top_p < 1.0f || c.log_min_p != -kInf;
+  const bool wide = c.top_p < 1.0f || c.log_min_p < -kMinPBuffer;
   return (wide && c.top_k == 0 && c.log_floor == -kInf) ? Route::kTwoPass : Route::kBuffer;
 }
 

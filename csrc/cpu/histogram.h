@@ -26,7 +26,8 @@ TITA_INLINE vi bin_keys(vf z) {
   t = vmax(t, vsplat(-static_cast<float>(kKeyClamp)));
   t = vselect(t > static_cast<float>(kKeyClamp), vsplat(static_cast<float>(kKeyClamp)), t);
   const vi k = __builtin_convertvector(t, vi);  // toward zero
-  return k + (__builtin_convertvector(k, vf) > t);  // the mask is -1 where truncation rounded up
+  // minus 1 where truncation rounded up (a select, not mask arithmetic: see combine_loop)
+  return k - __builtin_convertvector(vselect(__builtin_convertvector(k, vf) > t, vsplat(1.0f), vsplat(0.0f)), vi);
 }
 
 TITA_INLINE int32_t bin_key(float z) { return bin_keys(vsplat(z))[0]; }
@@ -64,11 +65,12 @@ struct MassHistogram {
     for (int i = 0; i < n; i += kLanes) {
       const vf zv = vload(z + i);
       const vi k = bin_keys(zv);
-      const vi in = (k >= bottom_key) & (zv != -kInf);
-      if (!any_lane(in)) continue;
+      // in the window (-inf: a key at the clamp, below it, or a negligible ~1e-38 if not)
+      const vf in = vselect(k >= bottom_key, vsplat(1.0f), vsplat(0.0f));
+      if (!(hmax(in) > 0.0f)) continue;
       const vf e = vexp_floored(zv - __builtin_convertvector(k + 1, vf) * (1.0f / kBinsPerNat));
       for (int l = 0; l < kLanes; ++l) {
-        if (in[l]) mass[slot(k[l])] += e[l];
+        if (in[l] > 0.0f) mass[slot(k[l])] += e[l];
       }
     }
   }

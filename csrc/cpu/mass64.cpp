@@ -33,28 +33,35 @@ TITA_INLINE vd vexp64(vd x) {
   return tiny ? vd{} : e;
 }
 
-TITA_INLINE MassSums masses64_body(const float* z, int n, float zmax, int32_t key_hi, double* e) {
+TITA_INLINE MassSums masses64_body(const float* z, int n, float zmax, int32_t key_hi, float min_z, double* e) {
   const vf m = vsplat(zmax);
-  vd total = vd{}, above = vd{};
+  vd total = vd{}, above = vd{}, kept = vd{};
+  const vi hi = vi{} + key_hi;
   for (int i = 0; i < n; i += kLanes) {
     const vf zv = vload(z + i);
     const vd x = __builtin_convertvector(zv - m, vd);  // the difference in fp32, as the reference
     const vd v = vexp64(x);
     std::memcpy(e + i, &v, sizeof(v));
     total += v;
-    above += __builtin_convertvector(bin_keys(zv) > key_hi, vl) ? v : vd{};
+    // 0/1 weights from nested selects (not mask arithmetic: see row_scan.h's combine_loop)
+    const vi k = bin_keys(zv);
+    const vf one = vsplat(1.0f), zero = vsplat(0.0f);
+    above += v * __builtin_convertvector(vselect(k > hi, one, zero), vd);
+    kept += v * __builtin_convertvector(vselect(k > hi, vselect(zv >= min_z, one, zero), zero), vd);
   }
   MassSums out;
   for (int l = 0; l < kLanes; ++l) {
     out.total += total[l];
     out.above += above[l];
+    out.kept += kept[l];
   }
   return out;
 }
 
 }  // namespace
 
-TITA_CPU_DISPATCH(, MassSums, masses64, (const float* z, int n, float zmax, int32_t key_hi, double* e),
-                  (z, n, zmax, key_hi, e))
+TITA_CPU_DISPATCH(, MassSums, masses64,
+                  (const float* z, int n, float zmax, int32_t key_hi, float min_z, double* e),
+                  (z, n, zmax, key_hi, min_z, e))
 
 }  // namespace tita::cpu

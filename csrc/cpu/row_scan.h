@@ -57,7 +57,7 @@ struct RangeState {
   size_t limit = 0;        // compact when the buffer grows past this (doubles for flat rows)
   // two-pass route: pass 1's histogram; pass 2's fp64 masses (every id; ids above the cut's bins)
   MassHistogram hist;
-  double total64 = 0.0, above64 = 0.0;
+  double total64 = 0.0, above64 = 0.0, kept64 = 0.0;
 
   void merge(const RangeState& o) {
     reward.merge(o.reward);
@@ -76,6 +76,7 @@ struct RangeState {
     hist.merge(o.hist);
     total64 += o.total64;
     above64 += o.above64;
+    kept64 += o.kept64;
   }
 };
 
@@ -87,12 +88,16 @@ struct RangeState {
 template <typename Combine>
 TITA_INLINE bool combine_loop(Combine combine, const RowConfig& c, const float* b, const float* r, const float* f,
                               int n, float floor_now, float* z) {
-  const vf inv_t = vsplat(c.inv_t), neg_inf = vsplat(-kInf);
-  vi overflow = vi{};
+  const vf inv_t = vsplat(c.inv_t), neg_inf = vsplat(-kInf), zero = vsplat(0.0f), one = vsplat(1.0f);
+  // Per lane: (1 where the score is not finite) - (1 where an input is not): an input that is
+  // not finite always gives a score of -inf, so a positive sum means an overflow. Selects on
+  // compares only (masks combined with & are split into scalar code by GCC's vector lowering).
+  vf overflow = zero;
   const auto score = [&](vf bv, vf rv, vf fv) {
     const vf s = finite_or_neg_inf(combine(bv, rv, fv));
     const vf scaled = s * inv_t;
-    overflow |= (bv != neg_inf) & (rv != neg_inf) & (fv != neg_inf) & ((scaled - scaled) != 0.0f);
+    const vf neg_min = vmax(vmax(zero - bv, zero - rv), zero - fv);  // inf where an input is -inf
+    overflow += vselect((scaled - scaled) == 0.0f, zero, one) - vselect(neg_min < kInf, zero, one);
     return s;
   };
   if (floor_now == -kInf) {
@@ -105,7 +110,7 @@ TITA_INLINE bool combine_loop(Combine combine, const RowConfig& c, const float* 
       vstore(z + i, vselect(bv < floor, neg_inf, s) * inv_t);
     }
   }
-  return any_lane(overflow);
+  return hsum(overflow) > 0.0f;
 }
 
 TITA_INLINE bool combine_chunk(const RowConfig& c, const float* b, const float* r, const float* f, int n,
@@ -170,13 +175,10 @@ TITA_INLINE void race_block(const NoiseAddress& a, const float* z, int64_t first
   }
 }
 
-// Dense regime: fold a chunk of z into the online lse and the running winner.
-TITA_INLINE void dense_chunk(const RowConfig& c, const NoiseAddress& noise, const float* z, int n, int64_t id0,
-                             RangeState& st) {
-  const OnlineLse chunk = chunk_lse(z, n);
-  st.guided.merge(chunk);
+// The running winner over a chunk of z whose maximum is m: argmax, or the Gumbel race.
+TITA_INLINE void race_chunk(const RowConfig& c, const NoiseAddress& noise, const float* z, int n, int64_t id0, float m,
+                            RangeState& st) {
   if (c.greedy) {
-    const float m = chunk.max;
     if (m > st.best_key) {
       for (int j = 0; j < n; ++j) {
         if (z[j] == m) {
@@ -190,12 +192,20 @@ TITA_INLINE void dense_chunk(const RowConfig& c, const NoiseAddress& noise, cons
   }
   // Gumbel race in blocks of 64 ids; a block is skipped when none of its candidates can win
   // (z + kGumbelMax < best key so far): exact, since the noise never exceeds kGumbelMax.
-  if (chunk.max + kGumbelMax < st.best_key) return;
+  if (m + kGumbelMax < st.best_key) return;
   for (int i = 0; i < n; i += kRaceBlock) {
     vi maybe = vi{};
     for (int q = 0; q < kRaceBlock; q += kLanes) maybe |= vload(z + i + q) + kGumbelMax >= st.best_key;
     if (any_lane(maybe)) race_block(noise, z + i, id0 + i, st);
   }
+}
+
+// Dense regime: fold a chunk of z into the online lse and the running winner.
+TITA_INLINE void dense_chunk(const RowConfig& c, const NoiseAddress& noise, const float* z, int n, int64_t id0,
+                             RangeState& st) {
+  const OnlineLse chunk = chunk_lse(z, n);
+  st.guided.merge(chunk);
+  race_chunk(c, noise, z, n, id0, chunk.max, st);
 }
 
 // The threshold the buffer's maximum alone justifies: the window, and the min-p cut when top-p is
@@ -282,26 +292,32 @@ TITA_INLINE void final_chunk(const RowConfig& c, const NoiseAddress& noise, cons
   const int32_t key_hi = f.top_p ? f.keys.key_hi : -kKeyClamp - 1;  // min-p alone: every key is above
   const int32_t key_lo = f.top_p ? f.keys.key_lo : key_hi + 1;      // and none is collected
   if (f.top_p) {
-    const MassSums sums = masses64(z, n, f.zmax, key_hi, e);
+    const MassSums sums = masses64(z, n, f.zmax, key_hi, f.min_p_cut, e);
     st.total64 += sums.total;
     st.above64 += sums.above;
+    st.kept64 += sums.kept;
   }
-  for (int i = 0; i < n; i += kLanes) {
+  const vf neg_inf = vsplat(-kInf), zero = vsplat(0.0f), one = vsplat(1.0f);
+  const vi hi = vi{} + key_hi, lo = vi{} + key_lo;
+  for (int i = 0; i < n; i += kLanes) {  // nested selects, not & of masks (see combine_loop)
     const vf zv = vload(z + i);
     const vi k = bin_keys(zv);
-    const vi finite = zv != -kInf;
-    vstore(kept + i, vselect(finite & (k > key_hi) & (zv >= f.min_p_cut), zv, vsplat(-kInf)));
-    const vi collect = finite & (k >= key_lo) & (k <= key_hi);
-    if (!any_lane(collect)) continue;
+    vstore(kept + i, vselect(k > hi, vselect(zv >= f.min_p_cut, zv, neg_inf), neg_inf));
+    const vf collect = vselect(zv > neg_inf, vselect(k >= lo, vselect(k <= hi, one, zero), zero), zero);
+    if (!(hmax(collect) > 0.0f)) continue;
     for (int l = 0; l < kLanes; ++l) {
-      if (collect[l]) st.cands.push_back(Candidate{zv[l], 0.0f, static_cast<int32_t>(id0 + i + l), e[i + l]});
+      if (collect[l] > 0.0f) {
+        st.cands.push_back(Candidate{zv[l], 0.0f, static_cast<int32_t>(id0 + i + l), e[i + l]});
+      }
     }
   }
   for (int j = n; j < n_race; ++j) kept[j] = -kInf;
-  if (choose) {
-    dense_chunk(c, noise, kept, n_race, id0, st);
-  } else {
-    st.guided.merge(chunk_lse(kept, n));
+  if (!f.top_p) {  // min-p alone: the normaliser from an fp32 log-sum-exp (top-p: from kept64)
+    const OnlineLse chunk = chunk_lse(kept, n);
+    st.guided.merge(chunk);
+    if (choose) race_chunk(c, noise, kept, n_race, id0, chunk.max, st);
+  } else if (choose) {
+    race_chunk(c, noise, kept, n_race, id0, chunk_max(kept, n), st);
   }
 }
 
