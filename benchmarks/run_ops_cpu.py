@@ -82,9 +82,12 @@ def _git_commit() -> str | None:
         return None
 
 
+CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}
+
+
 def time_point(batch: int, vocab: int, mode: str, impls: list[str], budget_s: float,
-               min_rounds: int, max_rounds: int, cache: str) -> dict[str, dict]:
-    """{impl: {"median_us", "rounds"} or {"error"}} for one grid point."""
+               min_rounds: int, max_rounds: int, cache: str, clock=time.perf_counter_ns) -> dict[str, dict]:
+    """{impl: {"median_us", "rounds"} or {"error"}} for one grid point, timed with `clock`."""
     base, reward = cases.logits(batch, vocab)
     seed = cases.seed_tensor()
     est, errors = {}, {}
@@ -103,9 +106,9 @@ def time_point(batch: int, vocab: int, mode: str, impls: list[str], budget_s: fl
     for r in range(rounds if live else 0):
         for n in live[r % len(live):] + live[:r % len(live)]:  # rotate who goes first
             cases.prepare_caches(cache, base, reward)
-            start = time.perf_counter_ns()
+            start = clock()
             IMPLS[n](base, reward, mode, seed)
-            samples[n].append((time.perf_counter_ns() - start) / 1e3)
+            samples[n].append((clock() - start) / 1e3)
     out = {n: {"error": e} for n, e in errors.items()}
     out.update({n: {"median_us": round(statistics.median(samples[n]), 2), "rounds": rounds} for n in live})
     return out
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the two headline points only (B=8 x V=32000, B=64 x V=151936), few rounds")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/ops-<machine>.json; temp with --quick)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (all its threads), steadier on a "
+                             "shared machine and equal to the elapsed time of an undisturbed --threads 1 run")
     parser.add_argument("--save", action="store_true", help="with --quick: write to benchmarks/results, not a temp dir")
     parser.add_argument("--caches", default=",".join(cases.CACHE_STATES),
                         help="cache states to measure, comma-separated (default: warm,cold)")
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other work will distort the timings")
     print(f"{machine}: {cpu_model()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"tita_ext {tita_ext.__version__}; instruction sets: tita {caps['tita']}, torch {caps['torch']}; "
-          f"median us per call, fp32, alpha {ALPHA}")
+          f"median {args.clock} us per call, fp32, alpha {ALPHA}")
     header = f"{'mode':<10}{'B':>4}{'V':>8}" + "".join(f"{n:>11}" for n in cases.IMPLS)
 
     rows, ratios = [], []
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch, vocab in cases.shapes(args.quick):
             for mode in cases.MODES:
                 impls = [n for n in cases.IMPLS if cases.wanted(n, batch, vocab, mode, args.quick)]
-                point = time_point(batch, vocab, mode, impls, budget, min_rounds, max_rounds, cache)
+                point = time_point(batch, vocab, mode, impls, budget, min_rounds, max_rounds, cache,
+                                   CLOCKS[args.clock])
                 for name, res in point.items():
                     rows.append(dict(impl=name, batch=batch, vocab=vocab, dtype="float32", mode=mode, cache=cache, **res))
                 r = dict(cache=cache, mode=mode, batch=batch, vocab=vocab,
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = dict(
         machine=machine, machine_description=f"{cpu_model()}, {platform.platform()}", cpu_count=os.cpu_count(),
-        threads=torch.get_num_threads(), capabilities=caps, torch=torch.__version__, tita_ext=tita_ext.__version__,
+        threads=torch.get_num_threads(), capabilities=caps, clock=args.clock, torch=torch.__version__, tita_ext=tita_ext.__version__,
         python=platform.python_version(), git_commit=_git_commit(), load_average_at_start=load,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), quick=args.quick,
         alpha=ALPHA, modes=MODE_PARAMS, caches=cases.prepare_caches.__doc__.strip(),
