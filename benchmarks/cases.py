@@ -1,9 +1,10 @@
 """The CPU op benchmark grid and its inputs, shared by test_ops_cpu.py and run_ops_cpu.py.
 
 Grid: B in {1, 8, 64} x V in {32000, 32064, 151936} (LLaMA/LLaVA and Qwen2 vocabularies),
-modes greedy / sample / topk_topp, fp32. Quick mode (the README's main command and the CI smoke
-run): the two acceptance points B=8 x V=32000 and B=64 x V=151936, and torch.compile only at one
-point (each compilation costs 20-30 s on the 2-core machine).
+modes greedy / sample / topp / topk_topp, fp32. Quick mode (the README's main command and the CI
+smoke run): the two acceptance points B=8 x V=32000 and B=64 x V=151936, and torch.compile only at
+one point (each compilation costs 20-30 s on the 2-core machine). eager_topk (top-k first, the
+rest on the k survivors) runs only where top-k is on.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import os
 
 import torch
 
-MODES = ("greedy", "sample", "topk_topp")
-IMPLS = ("tita", "eager", "compile", "logsumexp")
+MODES = ("greedy", "sample", "topp", "topk_topp")
+IMPLS = ("tita", "eager", "eager_topk", "compile", "logsumexp")
 FULL_SHAPES = tuple((b, v) for b in (1, 8, 64) for v in (32000, 32064, 151936))
 QUICK_SHAPES = ((8, 32000), (64, 151936))
 QUICK_COMPILE_POINT = (8, 32000, "topk_topp")
@@ -32,7 +33,10 @@ def shapes(quick: bool) -> tuple[tuple[int, int], ...]:
 
 
 def wanted(impl: str, batch: int, vocab: int, mode: str, quick: bool) -> bool:
-    """Whether a grid point is measured: everything, except torch.compile off its quick point."""
+    """Whether a grid point is measured: everything, except torch.compile off its quick point and
+    eager_topk where top-k is off."""
+    if impl == "eager_topk" and mode != "topk_topp":
+        return False
     return not (quick and impl == "compile" and (batch, vocab, mode) != QUICK_COMPILE_POINT)
 
 

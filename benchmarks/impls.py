@@ -2,7 +2,7 @@
 
     impl(base, reward, mode, seed) -> tokens int64 [B]
 
-base, reward: fp32 logits [B, V]; mode: "greedy", "sample" or "topk_topp"; seed: int64 [1].
+base, reward: fp32 logits [B, V]; mode: "greedy", "sample", "topp" or "topk_topp"; seed: int64 [1].
 Every sampler also yields the chosen token's guided log-probability and token reward (what
 tita_ext reports), so the work compared is the same. `logsumexp` is the floor: the one pass
 over both inputs that reporting log-probabilities cannot avoid.
@@ -20,6 +20,7 @@ ALPHA = 0.6
 MODE_PARAMS = {
     "greedy": dict(temperature=0.0, top_k=0, top_p=1.0),
     "sample": dict(temperature=0.7, top_k=0, top_p=1.0),
+    "topp": dict(temperature=0.7, top_k=0, top_p=0.9),  # top-p alone: the allowed set can be most of the row
     "topk_topp": dict(temperature=0.7, top_k=50, top_p=0.9),
 }
 
@@ -65,11 +66,34 @@ def eager_choice(s: torch.Tensor, lr: torch.Tensor, lf: torch.Tensor, p: dict,
 
 
 def eager(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.Tensor) -> torch.Tensor:
-    """The chain a user would write: two log_softmax, combine, then `eager_choice`."""
+    """The chain a user would write: two log_softmax, combine, then `eager_choice` (top-p by a
+    sort of the whole row, also after top-k)."""
     lb = torch.log_softmax(base.float(), dim=-1)
     lr = torch.log_softmax(reward.float(), dim=-1)
     s = lb + ALPHA * (lr - lb)
     return eager_choice(s, lr, lb, MODE_PARAMS[mode], _GENERATOR.manual_seed(int(seed)))
+
+
+def eager_topk(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.Tensor) -> torch.Tensor:
+    """The best eager chain for top-k modes: two log_softmax and the combine, then torch.topk
+    (sorted) and everything else on the k survivors only: top-p by softmax + cumsum over k values
+    (exclusive mass below top_p kept, as the reference), softmax, torch.multinomial over k, the id
+    mapped back, and the log-prob and reward gathered at the token. Only for modes with top_k > 0."""
+    p = MODE_PARAMS[mode]
+    lb = torch.log_softmax(base.float(), dim=-1)
+    lr = torch.log_softmax(reward.float(), dim=-1)
+    z = (lb + ALPHA * (lr - lb)) / p["temperature"]
+    values, ids = torch.topk(z, p["top_k"], dim=-1)
+    probs = torch.softmax(values, dim=-1)
+    if p["top_p"] < 1:
+        exclusive = probs.cumsum(dim=-1) - probs
+        probs = torch.softmax(values.masked_fill(exclusive >= p["top_p"], float("-inf")), dim=-1)
+    pick = torch.multinomial(probs, 1, generator=_GENERATOR.manual_seed(int(seed)))
+    tokens = ids.gather(1, pick)
+    logprob = probs.gather(1, pick).log()
+    token_reward = lr.gather(1, tokens) - lb.gather(1, tokens)
+    del logprob, token_reward  # computed because a user wanting them would; not returned
+    return tokens.squeeze(1)
 
 
 # One compiled function serves every (shape, mode): with dynamic=False each is its own graph,
@@ -99,4 +123,5 @@ def logsumexp(base: torch.Tensor, reward: torch.Tensor, mode: str, seed: torch.T
     return torch.logsumexp(reward, dim=-1)
 
 
-IMPLS: dict[str, Impl] = {"tita": tita, "eager": eager, "compile": compiled_reference, "logsumexp": logsumexp}
+IMPLS: dict[str, Impl] = {"tita": tita, "eager": eager, "eager_topk": eager_topk, "compile": compiled_reference,
+                          "logsumexp": logsumexp}

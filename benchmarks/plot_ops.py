@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-STYLE = {"tita": ("C0", "o"), "tita_cuda": ("C0", "o"), "triton": ("C4", "D"), "eager": ("C3", "s"),
+STYLE = {"tita": ("C0", "o"), "tita_cuda": ("C0", "o"), "triton": ("C4", "D"), "eager": ("C3", "s"), "eager_topk": ("C1", "P"),
          "compile": ("C2", "^"), "flashinfer": ("C5", "v"), "logsumexp": ("0.4", "x")}
 
 

@@ -3,6 +3,9 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/capability.h"
+#include "cpu/kernel_stats.h"
+
 TORCH_LIBRARY(tita, m) {
   m.def(
       "guided_sample(Tensor base_logits, Tensor reward_logits, Tensor? ref_logits, "
@@ -33,12 +36,31 @@ pybind11::dict build_info() {
   info["cuda"] = false;
 #endif
   info["torch_version"] = TITA_TORCH_VERSION;
+  info["cpu_capability"] = tita::cpu::capability_name(tita::cpu::cpu_capability());
   return info;
+}
+
+pybind11::dict cpu_kernel_stats(bool reset) {
+  auto& s = tita::cpu::kernel_stats();
+  pybind11::dict out;
+  out["rows"] = s.rows.load();
+  out["ids_scanned"] = s.ids_scanned.load();
+  out["two_pass_rows"] = s.two_pass_rows.load();
+  out["fallback_rows"] = s.fallback_rows.load();
+  out["rescan_rows"] = s.rescan_rows.load();
+  out["max_candidates"] = s.max_candidates.load();
+  if (reset) tita::cpu::reset_kernel_stats();
+  return out;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "tita_ext compiled ops (registered as torch.ops.tita.*)";
-  m.def("build_info", &build_info, "How this module was built: {'cuda': bool, 'torch_version': str}");
+  m.def("build_info", &build_info,
+        "How this module was built and runs: {'cuda': bool, 'torch_version': str, 'cpu_capability': "
+        "'avx512' | 'avx2' | 'default' (the CPU kernels' instruction set; TITA_EXT_CPU_CAPABILITY lowers it)}");
+  m.def("cpu_kernel_stats", &cpu_kernel_stats, pybind11::arg("reset") = false,
+        "Counters of the CPU kernel's passes since the last reset: rows, ids_scanned (a row's first pass "
+        "adds its vocabulary), two_pass_rows, fallback_rows, rescan_rows, max_candidates");
 }

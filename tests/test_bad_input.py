@@ -67,23 +67,42 @@ def test_different_devices(op):
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("name,value,message", [
-    ("top_k", -1, r"top_k must be an integer >= 0"),
+    ("top_k", -1, r"top_k must be an integer in \[0, 2\*\*63 - 1\] \(0 turns top-k off\), got -1"),
+    ("top_k", 2**63, r"top_k must be an integer in \[0, 2\*\*63 - 1\].*got 9223372036854775808"),
     ("top_k", 2.5, r"top_k must be an int"),
     ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
     ("top_p", 1.5, r"top_p must be in \(0, 1\]"),
     ("min_p", -0.1, r"min_p must be in \[0, 1\]"),
     ("min_p", 1.1, r"min_p must be in \[0, 1\]"),
-    ("temperature", -0.5, r"temperature must be 0 \(greedy\) or a finite value >= 1e-06"),
-    ("temperature", 1e-9, r"temperature must be 0 \(greedy\) or a finite value >= 1e-06"),
+    ("temperature", -0.5, r"temperature must be 0 \(greedy\) or a finite float32 value >= 1e-06, got -0.5"),
+    ("temperature", 1e-9, r"temperature must be 0 \(greedy\) or a finite float32 value >= 1e-06"),
+    ("temperature", 1e39, r"temperature must be 0 \(greedy\) or a finite float32 value >= 1e-06, got 1e\+39"),
     ("temperature", float("inf"), r"temperature must be 0 \(greedy\)"),
-    ("alpha", float("nan"), r"alpha must be a finite number, got nan"),
-    ("alpha", float("inf"), r"alpha must be a finite number, got inf"),
+    ("alpha", float("nan"), r"alpha must be a finite float32 number \(\|alpha\| <= 3.4e38\), got nan"),
+    ("alpha", float("inf"), r"alpha must be a finite float32 number .*, got inf"),
+    ("alpha", 1e39, r"alpha must be a finite float32 number \(\|alpha\| <= 3.4e38\), got 1e\+39"),
+    ("alpha", -1e39, r"alpha must be a finite float32 number .*, got -1e\+39"),
+    ("top_p", 1e-50, r"top_p must be in \(0, 1\] .*above 0 in float32.*got 1e-50"),
     ("alpha", "0.5", r"alpha must be a number"),
     ("plausibility", 1.5, r"plausibility must be in \[0, 1\]"),
 ])
 def test_parameters_out_of_range(op, name, value, message):
     with pytest.raises((ValueError, TypeError), match=message):
         _call(op, **{name: value})
+
+
+@pytest.mark.parametrize("backend", ["reference", "compiled"])
+def test_scalars_at_the_float32_limits_are_accepted(backend):
+    """The largest float32 alpha, the smallest positive float32 top_p and the largest int64 top_k
+    pass the checks and run on every backend alike."""
+    if backend == "compiled" and not tita_ext.compiled_available():
+        pytest.skip("tita_ext._C is not built")
+    base, reward = _logits(), _logits()
+    for kwargs in (dict(alpha=3.4e38, temperature=1.0), dict(top_p=1.5e-45), dict(top_k=2**63 - 1),
+                   dict(temperature=1e-6)):
+        out = tita_ext.guided_sample(base, reward, seed=1, backend=backend, check_status=False, **kwargs)
+        want = tita_ext.guided_sample(base, reward, seed=1, backend="reference", check_status=False, **kwargs)
+        assert torch.equal(out.tokens, want.tokens) and torch.equal(out.status, want.status), kwargs
 
 
 @pytest.mark.parametrize("op", OPS)

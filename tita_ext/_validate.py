@@ -6,6 +6,7 @@ kernels and reported through the status output."""
 from __future__ import annotations
 
 import math
+import struct
 from typing import Sequence, Union
 
 import torch
@@ -40,13 +41,28 @@ def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-# name -> (predicate, description of the allowed range)
+INT64_MAX = 2**63 - 1
+
+
+def as_float32(value: float) -> float:
+    """The float32 the kernels see for a Python float (inf where it overflows float32)."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+_MIN_TEMPERATURE32 = as_float32(MIN_TEMPERATURE)
+
+# name -> (predicate on the value as the kernels see it, description of the allowed range).
+# Floats are tested after rounding to float32 (the ops' parameter type), so 1e39 (inf in float32)
+# and top_p=1e-50 (0 in float32) are refused here, not reported later as a per-row status.
 _RANGES = {
-    "alpha": (lambda v: math.isfinite(v), "a finite number"),
-    "temperature": (lambda v: v == 0 or (math.isfinite(v) and v >= MIN_TEMPERATURE),
-                    f"0 (greedy) or a finite value >= {MIN_TEMPERATURE:g}"),
-    "top_k": (lambda v: v >= 0, "an integer >= 0 (0 turns top-k off)"),
-    "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1 turns top-p off)"),
+    "alpha": (lambda v: math.isfinite(v), "a finite float32 number (|alpha| <= 3.4e38)"),
+    "temperature": (lambda v: v == 0 or (math.isfinite(v) and v >= _MIN_TEMPERATURE32),
+                    f"0 (greedy) or a finite float32 value >= {MIN_TEMPERATURE:g}"),
+    "top_k": (lambda v: 0 <= v <= INT64_MAX, "an integer in [0, 2**63 - 1] (0 turns top-k off)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1 turns top-p off) and above 0 in float32 (>= 1.4e-45)"),
     "min_p": (lambda v: 0 <= v <= 1, "in [0, 1] (0 turns min-p off)"),
     "plausibility": (lambda v: 0 <= v <= 1, "in [0, 1] (0 turns the plausibility floor off)"),
 }
@@ -55,16 +71,18 @@ _RANGES = {
 def param(name: str, value: Param, base: torch.Tensor) -> tuple[float | int, torch.Tensor | None]:
     """Split a sampling parameter into (scalar, per-row tensor or None) as the ops take it.
 
-    A Python number is range-checked here. A tensor (or list) is per-row: length batch, on the
-    logits' device; its values are checked by the kernel (status STATUS_BAD_PARAM)."""
+    A Python number is range-checked here (floats as the float32 the kernels use; top_k within
+    int64), with a ValueError naming the parameter and the value. A tensor (or list) is per-row:
+    length batch, on the logits' device; its values are checked by the kernel (status
+    STATUS_BAD_PARAM)."""
     integer = name == "top_k"
     kind = type(value)
     if kind is float or kind is int:  # the common case first: one type test, one range test
         if integer and kind is float:
             raise TypeError(f"{name} must be an int, a per-row tensor or a list, got float")
         allowed_pred, allowed = _RANGES[name]
-        if not allowed_pred(value):
-            raise ValueError(f"{name} must be {allowed}, got {value}")
+        if not allowed_pred(value if integer else as_float32(value)):
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
         return value, None
     if isinstance(value, (list, tuple)):
         value = torch.tensor(value, dtype=torch.int64 if integer else torch.float32, device=base.device)

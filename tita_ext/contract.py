@@ -33,7 +33,7 @@ class GuidedSampleOutput(NamedTuple):
     tokens: int64 [B] chosen ids (-1 where status != 0).
     logprob: float32 [B] log-probability of the token under the filtered guided distribution.
     token_reward: float32 [B] log p_reward(token) - log p_ref(token), the DPO implicit reward.
-    status: int32 [B] STATUS_OK, STATUS_NO_FINITE or STATUS_BAD_PARAM.
+    status: int32 [B] STATUS_OK, STATUS_NO_FINITE, STATUS_BAD_PARAM or STATUS_OVERFLOW.
     """
 
     tokens: torch.Tensor

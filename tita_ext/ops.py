@@ -22,7 +22,7 @@ from typing import Literal, Optional, Union
 import torch
 
 from . import _validate as check
-from . import reference
+from . import logprobs_grad, reference
 from .contract import STATUS_MEANING, STATUS_OK, GuidedSampleOutput
 
 try:
@@ -70,6 +70,8 @@ if _COMPILED:
                               plausibility, plausibility_rows, vocab_size):
         return base_logits.new_empty(base_logits.shape, dtype=torch.float32)
 
+
+    logprobs_grad.register("tita::guided_logprobs")
 
     @torch.library.register_fake("tita::decode_advance")
     def _decode_advance_fake(sampled, finished, stop_ids, pad_id):
@@ -282,7 +284,9 @@ def guided_logprobs(
     Same arguments and semantics as `guided_sample` (temperature 0 means the distribution at
     temperature 1). Returns float32 [B, V_base]: log-probabilities that sum to one over the
     allowed set, -inf elsewhere (and beyond the shared id range); a row that has no allowed
-    token or a bad per-row parameter is all NaN.
+    token, a bad per-row parameter or an overflowing score (guided_sample's status 1, 2, 3) is
+    all NaN. Differentiable on every backend with respect to the logits (the filters select the
+    allowed set and carry no gradient; see tita_ext.logprobs_grad).
     """
     args = _op_args(base_logits, reward_logits, ref_logits, alpha, temperature, top_k, top_p, min_p, plausibility)
     vocab = check.vocab_size(vocab_size)

@@ -10,6 +10,9 @@ Semantics (DESIGN.md §1-2), per row, on the shared id range [0, V):
                                         alpha = 0 gives b and alpha = 1 gives r exactly)
     s = b + alpha * (r - f)            (explicit reference logits f)
     s = -inf where s is not finite     (NaN or inf in any model's logit excludes the token)
+    overflow: a finite-input id whose s * (1 / T) is not finite (fp32 overflow of the
+              combination or of the scaling; checked before any filter) fails the row
+              with STATUS_OVERFLOW
     plausibility beta > 0: s = -inf where b < max(b) + log(beta)
     z = s / T   (T = 1 when greedy)    (computed as s * (1 / T) in fp32)
     top-k, then top-p (on the renormalised survivors), then min-p: thresholds on z
@@ -26,7 +29,7 @@ from typing import NamedTuple
 import torch
 
 from . import philox
-from .contract import MIN_TEMPERATURE, STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK
+from .contract import MIN_TEMPERATURE, STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, STATUS_OVERFLOW
 
 
 def shared_vocab(base: torch.Tensor, reward: torch.Tensor, ref: torch.Tensor | None, vocab_size: int) -> int:
@@ -57,21 +60,26 @@ def _bad_params(alpha, temperature, top_k, top_p, min_p, plausibility) -> torch.
     return bad
 
 
-def _guided_scores(base, reward, ref, vocab, alpha, inv_t, plausibility, use_floor: bool) -> torch.Tensor:
-    """z float32 [B, V]: combined, sanitised, plausibility-floored, temperature-scaled scores."""
+def _guided_scores(base, reward, ref, vocab, alpha, inv_t, plausibility, use_floor: bool):
+    """z float32 [B, V]: combined, sanitised, plausibility-floored, temperature-scaled scores;
+    and overflow bool [B, 1]: some id with finite inputs got a non-finite s * inv_t."""
     b = base[:, :vocab].float()
     r = reward[:, :vocab].float()
+    finite_inputs = torch.isfinite(b) & torch.isfinite(r)
     if ref is None:
         diff = r - b
         s = torch.where(alpha < 0.5, b + alpha * diff, r - diff * (1.0 - alpha))
     else:
-        s = b + alpha * (r - ref[:, :vocab].float())
+        f = ref[:, :vocab].float()
+        finite_inputs &= torch.isfinite(f)
+        s = b + alpha * (r - f)
     s = _finite_or_neg_inf(s)
+    overflow = (finite_inputs & ~torch.isfinite(s * inv_t)).any(dim=1, keepdim=True)
     if use_floor:
         b_clean = _finite_or_neg_inf(b)
         floor = b_clean.amax(dim=1, keepdim=True) + philox.plog(plausibility)
         s = torch.where((plausibility > 0) & (b_clean < floor), torch.full_like(s, float("-inf")), s)
-    return s * inv_t
+    return s * inv_t, overflow
 
 
 def _top_p_threshold(z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,8 @@ def _top_p_threshold(z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def _filtered_scores(base, reward, ref, vocab, params, active):
-    """z after every filter (-inf outside the allowed set) [B, V], and the greedy rows [B, 1].
+    """z after every filter (-inf outside the allowed set) [B, V], the greedy rows [B, 1] and
+    the rows whose scores overflowed [B, 1].
 
     `active` says which filters may be on (decided from the Python arguments, so the
     reference never syncs with the device to find out)."""
@@ -99,7 +108,8 @@ def _filtered_scores(base, reward, ref, vocab, params, active):
     greedy = temperature == 0
     ones = torch.ones_like(temperature)
     inv_t = torch.where(greedy, ones, 1.0 / torch.where(greedy, ones, temperature))
-    z = _guided_scores(base, reward, ref, vocab, alpha, inv_t, plausibility, active.plausibility)
+    z, overflow = _guided_scores(base, reward, ref, vocab, alpha, inv_t, plausibility, active.plausibility)
+    z = torch.where(overflow, torch.full_like(z, float("-inf")), z)  # reported; keep the filters' math finite
     neg_inf = torch.full_like(z, float("-inf"))
 
     if active.top_k:
@@ -112,7 +122,7 @@ def _filtered_scores(base, reward, ref, vocab, params, active):
     if active.min_p:
         zmax = z.amax(dim=1, keepdim=True)
         z = torch.where((min_p > 0) & (z < zmax + philox.plog(min_p)), neg_inf, z)
-    return z, greedy
+    return z, greedy, overflow
 
 
 class _Active(NamedTuple):
@@ -159,17 +169,18 @@ def guided_logprobs(
     vocab_size: int,
 ) -> torch.Tensor:
     """float32 [B, base width]: log-probabilities of the filtered guided distribution, -inf
-    outside it and beyond the shared id range. Rows with no allowed token or a bad parameter
-    are all NaN."""
+    outside it and beyond the shared id range. Rows that guided_sample would give a non-zero
+    status (no allowed token, a bad parameter, an overflowing score) are all NaN."""
     params = param_columns(base_logits, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
                      top_p, top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows)
     active = _active(temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows, min_p, min_p_rows,
                      plausibility, plausibility_rows)
     vocab = shared_vocab(base_logits, reward_logits, ref_logits, vocab_size)
     bad = _bad_params(*params)
-    z, _ = _filtered_scores(base_logits, reward_logits, ref_logits, vocab, _sanitise_params(params, bad), active)
+    z, _, overflow = _filtered_scores(base_logits, reward_logits, ref_logits, vocab, _sanitise_params(params, bad),
+                                      active)
     logprobs = z - torch.logsumexp(z, dim=1, keepdim=True)
-    failed = bad | ~torch.isfinite(z).any(dim=1, keepdim=True)
+    failed = bad | overflow | ~torch.isfinite(z).any(dim=1, keepdim=True)
     pad = base_logits.shape[1] - vocab
     logprobs = torch.nn.functional.pad(logprobs, (0, pad), value=float("-inf"))
     return torch.where(failed, torch.full_like(logprobs, float("nan")), logprobs)
@@ -215,7 +226,8 @@ def guided_sample(
                      plausibility, plausibility_rows)
     vocab = shared_vocab(base_logits, reward_logits, ref_logits, vocab_size)
     bad = _bad_params(*params)
-    z, greedy = _filtered_scores(base_logits, reward_logits, ref_logits, vocab, _sanitise_params(params, bad), active)
+    z, greedy, overflow = _filtered_scores(base_logits, reward_logits, ref_logits, vocab,
+                                           _sanitise_params(params, bad), active)
 
     keys = z
     if active.sampling:
@@ -231,7 +243,9 @@ def guided_sample(
     token_reward = reward_lp - ref_lp
 
     no_finite = ~torch.isfinite(z).any(dim=1, keepdim=True)
-    status = torch.where(bad, STATUS_BAD_PARAM, torch.where(no_finite, STATUS_NO_FINITE, STATUS_OK)).to(torch.int32)
+    status = torch.where(bad, STATUS_BAD_PARAM, torch.where(overflow, STATUS_OVERFLOW,
+                                                           torch.where(no_finite, STATUS_NO_FINITE, STATUS_OK)))
+    status = status.to(torch.int32)
     failed = status != STATUS_OK
     nan = torch.full_like(logprob, float("nan"))
     tokens = torch.where(failed, torch.full_like(tokens, -1), tokens)

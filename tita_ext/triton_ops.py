@@ -6,7 +6,8 @@ One program per row, in passes over blocks of the vocabulary:
      (guided_logprobs' output itself), and its maximum;
   3. top-k cut: the k-th largest z, by bisection over the ordered bit patterns of fp32;
   4. top-p cut: the smallest value whose strictly-greater mass is below top_p, by the same
-     bisection (fp64 masses), on the top-k survivors;
+     bisection, on the top-k survivors; masses exp(z - max) in fp64 of the fp32 difference and
+     summed in fp64, as the reference does;
   5. min-p cut; the normaliser over the allowed set;
   6. guided_sample: the Gumbel race (Philox4x32-10 + the portable log, bit-equal to
      tita_ext.philox) and the token reward; guided_logprobs: z - log normaliser.
@@ -25,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import contract, reference
+from . import contract, logprobs_grad, reference
 
 _BLOCK = 1024
 _NEG_INF: tl.constexpr = tl.constexpr(float("-inf"))
@@ -149,19 +150,26 @@ def _guided_kernel(
     floor = tl.where(valid & (floor_p > 0.0), b_max + _plog(tl.where(floor_p > 0.0, floor_p, 1.0)), _NEG_INF)
 
     # 2. z = combine / T (bit-equal to the reference), the floor; store z, find its max
+    #    An id whose inputs are finite but whose s * inv_t is not (fp32 overflow) fails the row.
     z_max = tl.full([], _NEG_INF, tl.float32)
     n_finite = tl.full([], 0, tl.int64)
+    n_overflow = tl.full([], 0, tl.int64)
     for start in range(0, V, BLOCK):
         ids = start + cols
         mask = ids < V
         b = _load_clean(base_ptr, b_rs, b_cs, row, ids, mask)
         r = _load_clean(reward_ptr, r_rs, r_cs, row, ids, mask)
+        finite_inputs = (b > _NEG_INF) & (r > _NEG_INF)
         if HAS_REF:
-            s = b + alpha * (r - _load_clean(ref_ptr, f_rs, f_cs, row, ids, mask))
+            f = _load_clean(ref_ptr, f_rs, f_cs, row, ids, mask)
+            finite_inputs = finite_inputs & (f > _NEG_INF)
+            s = b + alpha * (r - f)
         else:
             d = r - b
             s = tl.where(alpha < 0.5, b + alpha * d, r - d * (1.0 - alpha))
         s = tl.where((s - s) == 0.0, s, _NEG_INF)
+        scaled = s * inv_t
+        n_overflow += tl.sum((finite_inputs & ((scaled - scaled) != 0.0)).to(tl.int64), 0)
         s = tl.where(b < floor, _NEG_INF, s)
         z = s * inv_t
         tl.store(z_ptr + row * z_rs + ids, z, mask=mask)
@@ -196,7 +204,7 @@ def _guided_kernel(
             ids = start + cols
             z = tl.load(z_ptr + row * z_rs + ids, mask=ids < V, other=_NEG_INF)
             keep = (z >= kth) & (z > _NEG_INF)
-            total += tl.sum(tl.where(keep, tl.exp(z - z_max), 0.0).to(tl.float64), 0)
+            total += tl.sum(tl.where(keep, tl.exp((z - z_max).to(tl.float64)), 0.0), 0)
         target = top_p.to(tl.float64) * total
         lo = _to_key(tl.where(kth > _NEG_INF, kth, -3.4028234663852886e38))
         hi = _to_key(z_max)
@@ -209,7 +217,7 @@ def _guided_kernel(
                     ids = start + cols
                     z = tl.load(z_ptr + row * z_rs + ids, mask=ids < V, other=_NEG_INF)
                     keep = (z > t) & (z >= kth)
-                    above += tl.sum(tl.where(keep, tl.exp(z - z_max), 0.0).to(tl.float64), 0)
+                    above += tl.sum(tl.where(keep, tl.exp((z - z_max).to(tl.float64)), 0.0), 0)
                 if above < target:
                     hi = mid
                 else:
@@ -224,7 +232,7 @@ def _guided_kernel(
         z = tl.load(z_ptr + row * z_rs + ids, mask=ids < V, other=_NEG_INF)
         norm += tl.sum(tl.where((z >= cut) & (z > _NEG_INF), tl.exp(z - z_max), 0.0), 0)
     log_norm = z_max + tl.log(norm)
-    status = tl.where(~valid, 2, tl.where(z_max == _NEG_INF, 1, 0))
+    status = tl.where(~valid, 2, tl.where(n_overflow > 0, 3, tl.where(z_max == _NEG_INF, 1, 0)))
 
     if SAMPLE:
         # 6a. the race over the allowed set: argmax z (+ Gumbel noise), ties to the lowest id
@@ -326,3 +334,6 @@ def guided_logprobs(
                    top_k, top_k_rows, top_p, top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows,
                    vocab_size, False)
     return z
+
+
+logprobs_grad.register("tita::guided_logprobs_triton")

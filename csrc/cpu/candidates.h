@@ -1,8 +1,10 @@
 // Finishing a row from its merged RangeState: the filters, the normaliser and the choice.
 //
-// Dense rows are already decided by the scan. Sparse rows apply, on the candidate buffer only:
+// Dense rows are already decided by the scan. Buffer rows apply, on the candidate buffer only:
 // the final plausibility floor, top-k (nth_element), top-p (a weighted quickselect: expected
-// linear time, no full sort) and min-p, then draw from the survivors.
+// linear time, no full sort) and min-p, then draw from the survivors. Two-pass rows resolve the
+// top-p cut among the ids of the cut's bins and merge their race with the streamed one.
+// Top-p masses are fp64 exps of the fp32 differences z - zmax, as in the reference.
 #pragma once
 
 #include <algorithm>
@@ -35,10 +37,10 @@ inline bool buffer_sufficient(const RowConfig& c, const RangeState& st, float zm
 }
 
 // Smallest kept score of the nucleus: sorted by z descending, the value at the last position
-// whose exclusive cumulative mass is below `target` (ties at the cut all kept). Uses .e.
-inline float nucleus_cut(std::vector<Candidate>& v, double target) {
+// whose exclusive cumulative mass is below `target` (ties at the cut all kept). Uses .e; `above`
+// is the mass of the row's ids ranked before all of v.
+inline float nucleus_cut(std::vector<Candidate>& v, double target, double above = 0.0) {
   size_t lo = 0, hi = v.size();
-  double above = 0.0;  // mass of candidates known to rank before [lo, hi)
   while (hi - lo > 32) {
     // median of three as pivot, then a three-way partition: [> p][== p][< p]
     const float a = v[lo].z, b = v[(lo + hi) / 2].z, c = v[hi - 1].z;
@@ -69,9 +71,10 @@ inline float nucleus_cut(std::vector<Candidate>& v, double target) {
 // Sixteen candidates per 16-lane Philox call (lane l computes counter id_l / 4 and keeps word
 // id_l % 4), so the noise is bit-identical to gumbel_at; groups that cannot beat the best key
 // are skipped (the noise never exceeds kGumbelMax).
-TITA_CPU_CLONES inline void race_candidates(const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out) {
+// best_key, out.token and out.z hold the winner so far (e.g. of a streamed race; -inf, -1: none).
+TITA_INLINE void race_candidates_body(const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out,
+                                      float best_key) {
   using L = LaneOps<vf>;
-  float best_key = -kInf;
   const auto consider = [&](float key, const Candidate& x) {
     if (key > best_key || (key == best_key && x.id < out.token)) {
       best_key = key;
@@ -105,21 +108,20 @@ TITA_CPU_CLONES inline void race_candidates(const NoiseAddress& a, const std::ve
     consider(x.z + gumbel_at(a, x.id), x);
   }
 }
+TITA_CPU_DISPATCH(inline, void, race_candidates,
+                  (const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out, float best_key),
+                  (a, v, out, best_key))
 
-// x.e = exp(x.z - zmax) for every candidate, sixteen at a time; returns their sum (in order).
-TITA_CPU_CLONES inline double fill_weights(std::vector<Candidate>& v, float zmax) {
-  const size_t n = v.size();
-  size_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    vf z;
-    for (int l = 0; l < kLanes; ++l) z[l] = v[j + l].z;
-    const vf e = vexp(z - zmax);
-    for (int l = 0; l < kLanes; ++l) v[j + l].e = e[l];
-  }
-  for (; j < n; ++j) v[j].e = sexp(v[j].z - zmax);
-  double total = 0.0;
-  for (const Candidate& x : v) total += x.e;
-  return total;
+
+// x.e = exp(x.z - zmax) in fp64 for every candidate (mass64.h); returns their sum.
+inline double fill_weights(std::vector<Candidate>& v, float zmax) {
+  const size_t n = v.size(), padded = (n + kLanes - 1) / kLanes * kLanes;
+  std::vector<float> z(padded, -kInf);
+  std::vector<double> e(padded);
+  for (size_t j = 0; j < n; ++j) z[j] = v[j].z;
+  const MassSums sums = masses64(z.data(), static_cast<int>(padded), zmax, kKeyClamp, -kInf, e.data());
+  for (size_t j = 0; j < n; ++j) v[j].e = e[j];
+  return sums.total;
 }
 
 template <typename Pred>
@@ -173,7 +175,48 @@ inline bool finish_sparse(const RowConfig& c, const NoiseAddress& noise, RangeSt
       }
     }
   } else {
-    race_candidates(noise, v, out);
+    race_candidates(noise, v, out, -kInf);
+  }
+  return true;
+}
+
+// Two-pass rows after pass 2: the top-p cut among the collected ids (fp64 masses; the ids above
+// them were kept and raced while streaming), min-p, the normaliser and the race's last part.
+// Returns false when the histogram's keys missed the cut (the row must take the buffer route).
+inline bool finish_two_pass(const RowConfig& c, const NoiseAddress& noise, const FinalCut& f, RangeState& st,
+                            bool choose, RowOutcome& out) {
+  auto& v = st.cands;
+  out.tau = f.min_p_cut;
+  if (f.top_p) {
+    const double target = static_cast<double>(c.top_p) * st.total64;
+    double collected = 0.0;
+    for (const Candidate& x : v) collected += x.e;
+    if (!(st.above64 < target && target <= st.above64 + collected)) return false;
+    out.tau = std::max(out.tau, nucleus_cut(v, target, st.above64));
+    keep_if(v, [&](const Candidate& x) { return x.z >= out.tau; });
+  }
+  double norm = 0.0;
+  for (const Candidate& x : v) norm += x.e;
+  const float streamed = st.guided.value();  // min-p alone: an fp32 log-sum-exp of the kept ids
+  if (f.top_p) {
+    norm += st.kept64;
+  } else if (streamed != -kInf) {
+    norm += std::exp(static_cast<double>(streamed) - f.zmax);
+  }
+  out.log_norm = f.zmax + static_cast<float>(std::log(norm));
+  if (!choose) return true;
+  out.token = st.best_id;
+  out.z = st.best_z;
+  if (c.greedy) {
+    for (const Candidate& x : v) {
+      if (x.z > st.best_key || (x.z == st.best_key && x.id < out.token)) {
+        st.best_key = x.z;
+        out.token = x.id;
+        out.z = x.z;
+      }
+    }
+  } else {
+    race_candidates(noise, v, out, st.best_key);
   }
   return true;
 }

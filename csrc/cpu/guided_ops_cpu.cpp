@@ -13,6 +13,7 @@
 
 #include "../common/op_checks.h"
 #include "candidates.h"
+#include "kernel_stats.h"
 
 namespace tita::cpu {
 namespace {
@@ -98,41 +99,51 @@ float load_one(const RowView& v, int64_t id) {
   return x[0];
 }
 
-// The streaming scan of ids [v0, v1) of one row; compiled per instruction set (simd.h).
-TITA_CPU_CLONES void scan_range(const Row& in, const ScanTask& task, int64_t v0, int64_t v1, RangeState& st) {
+// The streaming scan of ids [v0, v1) of one row; compiled per instruction set (simd.h). The
+// second pass of the two-pass route skips the reward / reference statistics (pass 1 has them).
+TITA_INLINE void scan_range_body(const Row& in, const ScanTask& task, int64_t v0, int64_t v1, RangeState& st) {
   alignas(64) float b[kChunk], r[kChunk], f[kChunk], z[kChunk];
   const RowConfig& c = task.config;
   const bool use_floor = c.log_floor != -kInf;
+  const bool row_stats = !task.second_pass;
   for (int64_t id0 = v0; id0 < v1; id0 += kChunk) {
     const int64_t len = std::min<int64_t>(kChunk, v1 - id0);
     const int n = static_cast<int>((len + kLanes - 1) / kLanes * kLanes);
     const float* bp = load_chunk(in.base, id0, len, b);
     const float* rp = load_chunk(in.reward, id0, len, r);
-    st.reward.merge(chunk_lse(rp, n));
-    const float* fp = bp;
-    if (in.ref.ptr != nullptr) {
-      fp = load_chunk(in.ref, id0, len, f);
-      if (use_floor) st.base_max = std::max(st.base_max, chunk_max(bp, n));
+    const float* fp = in.ref.ptr != nullptr ? load_chunk(in.ref, id0, len, f) : bp;
+    if (row_stats) {
+      st.reward.merge(chunk_lse(rp, n));
+      if (in.ref.ptr != nullptr && use_floor) st.base_max = std::max(st.base_max, chunk_max(bp, n));
+      const OnlineLse ref_chunk = chunk_lse(fp, n);
+      st.ref.merge(ref_chunk);
+      if (in.ref.ptr == nullptr) st.base_max = std::max(st.base_max, ref_chunk.max);
     }
-    const OnlineLse ref_chunk = chunk_lse(fp, n);
-    st.ref.merge(ref_chunk);
-    if (in.ref.ptr == nullptr) st.base_max = std::max(st.base_max, ref_chunk.max);
 
     const float floor_now = use_floor ? std::max(task.known_floor, st.base_max + c.log_floor) : -kInf;
-    combine_chunk(c, bp, rp, fp, n, floor_now, z);
+    if (combine_chunk(c, bp, rp, fp, n, floor_now, z)) st.overflow = true;
     const int n_race = (n + kRaceBlock - 1) / kRaceBlock * kRaceBlock;  // whole race blocks of -inf padding
     for (int j = n; j < n_race; ++j) z[j] = -kInf;
     if (task.z_out != nullptr) std::memcpy(task.z_out + id0, z, len * sizeof(float));
-    if (task.dense) {
-      dense_chunk(c, task.noise, z, n_race, id0, st);
-    } else {
-      sparse_chunk(c, z, bp, n, id0, st);
+    switch (task.route) {
+      case Route::kDense: dense_chunk(c, task.noise, z, n_race, id0, st); break;
+      case Route::kBuffer: sparse_chunk(c, z, bp, n, id0, st); break;
+      case Route::kTwoPass:
+        if (task.second_pass) {
+          final_chunk(c, task.noise, task.cut, task.choose, z, n, n_race, id0, st);
+        } else {
+          histogram_chunk(c, z, n, st);
+        }
+        break;
     }
   }
+  kernel_stats().ids_scanned.fetch_add(v1 - v0, std::memory_order_relaxed);
 }
+TITA_CPU_DISPATCH(, void, scan_range, (const Row& in, const ScanTask& task, int64_t v0, int64_t v1, RangeState& st),
+                  (in, task, v0, v1, st))
 
 // Rewrites z (ids [v0, v1)) in place as log-probabilities of the filtered distribution.
-TITA_CPU_CLONES void write_logprobs(const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out) {
+TITA_INLINE void write_logprobs_body(const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out) {
   alignas(64) float b[kChunk];
   for (int64_t id0 = v0; id0 < v1; id0 += kChunk) {
     const int64_t len = std::min<int64_t>(kChunk, v1 - id0);
@@ -144,6 +155,8 @@ TITA_CPU_CLONES void write_logprobs(const Row& in, const RowOutcome& o, int64_t 
     }
   }
 }
+TITA_CPU_DISPATCH(, void, write_logprobs, (const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out), (in, o, v0, v1, out))
+
 
 constexpr int64_t kMinSliceIds = 8192;
 // Below this many ids per thread, waking the thread pool costs more than the scan it would share
@@ -176,20 +189,37 @@ struct Plan {
     return {std::min(vocab, s * per), std::min(vocab, (s + 1) * per)};
   }
 
-  // Scan every (row, slice), merge the slices of each row, finish each row.
-  void run(bool choose, std::vector<RowOutcome>& outcomes, std::vector<RangeState>& merged) {
-    std::vector<RangeState> parts(batch * slices);
-    bool sampling = false;
-    for (const ScanTask& t : tasks) sampling = sampling || !t.config.greedy;
-    const int64_t grain = grain_for(vocab / slices, sampling);
+  // Scan every (row, slice) of the rows in `todo` (all rows when empty) with tasks[row].
+  void scan(const std::vector<ScanTask>& tasks_, const std::vector<char>* todo, std::vector<RangeState>& parts,
+            int64_t grain) {
     at::parallel_for(0, batch * slices, grain, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t row = item / slices;
-        if (!tasks[row].config.valid) continue;
+        if (!tasks_[row].config.valid || (todo != nullptr && !(*todo)[row])) continue;
         const auto [v0, v1] = slice(item % slices);
-        scan_range(rows[row], tasks[row], v0, v1, parts[item]);
+        scan_range(rows[row], tasks_[row], v0, v1, parts[item]);
       }
     });
+  }
+
+  // Merge the slices of `row` from parts into st.
+  void merge_row(int64_t row, std::vector<RangeState>& parts, RangeState& st) const {
+    st = std::move(parts[row * slices]);
+    for (int64_t s = 1; s < slices; ++s) st.merge(parts[row * slices + s]);
+  }
+
+  // Scan every (row, slice), merge the slices of each row, finish each row; two-pass rows scan
+  // once more (all of them in one parallel pass) before they finish.
+  void run(bool choose, std::vector<RowOutcome>& outcomes, std::vector<RangeState>& merged) {
+    bool sampling = false;
+    for (const ScanTask& t : tasks) sampling = sampling || !t.config.greedy;
+    const int64_t grain = grain_for(vocab / slices, sampling);
+    kernel_stats().rows.fetch_add(batch, std::memory_order_relaxed);
+    std::vector<RangeState> parts(batch * slices);
+    scan(tasks, nullptr, parts, grain);
+    std::vector<ScanTask> second(tasks);
+    std::vector<char> needs_second(batch, 0);
+    bool any_second = false;
     at::parallel_for(0, batch, grain_for(vocab, sampling), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         RowOutcome& o = outcomes[row];
@@ -198,34 +228,103 @@ struct Plan {
           continue;
         }
         RangeState& st = merged[row];
-        st = std::move(parts[row * slices]);
-        for (int64_t s = 1; s < slices; ++s) st.merge(parts[row * slices + s]);
+        merge_row(row, parts, st);
+        if (tasks[row].route == Route::kTwoPass && !st.overflow && st.zmax != -kInf) {
+          second[row] = second_pass_task(tasks[row], st, choose);
+          needs_second[row] = 1;
+          continue;
+        }
         finish_row(row, choose, st, o);
+      }
+    });
+    for (char x : needs_second) any_second = any_second || x;
+    if (!any_second) return;
+    std::vector<RangeState> parts2(batch * slices);
+    scan(second, &needs_second, parts2, grain);
+    at::parallel_for(0, batch, grain_for(vocab, sampling), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        if (!needs_second[row]) continue;
+        RangeState st2;
+        merge_row(row, parts2, st2);
+        kernel_stats().two_pass_rows.fetch_add(1, std::memory_order_relaxed);
+        note_candidates(st2.cands.size());
+        const ScanTask& t = second[row];
+        if (finish_two_pass(t.config, t.noise, t.cut, st2, choose, outcomes[row])) continue;
+        // The histogram's keys missed the cut (its margin rules this out): the buffer route, exact.
+        kernel_stats().fallback_rows.fetch_add(1, std::memory_order_relaxed);
+        ScanTask again = tasks[row];
+        again.route = Route::kBuffer;
+        again.z_out = nullptr;
+        RangeState fresh;
+        scan_range(rows[row], again, 0, vocab, fresh);
+        outcomes[row] = RowOutcome{};
+        TORCH_CHECK(finish_sparse(again.config, again.noise, fresh, choose, outcomes[row]),
+                    "tita: internal error: fallback insufficient");
       }
     });
   }
 
+  static ScanTask second_pass_task(const ScanTask& first, const RangeState& st, bool choose) {
+    ScanTask t = first;
+    t.second_pass = true;
+    t.choose = choose;
+    t.z_out = nullptr;  // pass 1 wrote it
+    const RowConfig& c = first.config;
+    t.cut.zmax = st.zmax;
+    t.cut.min_p_cut = c.log_min_p != -kInf ? st.zmax + c.log_min_p : -kInf;
+    t.cut.top_p = c.top_p < 1.0f;
+    t.cut.keys = t.cut.top_p ? locate_top_p(st.hist, st.zmax, c.top_p) : CutKeys{0, 0};
+    return t;
+  }
+
+  static void note_candidates(size_t n) {
+    auto& peak = kernel_stats().max_candidates;
+    int64_t seen = peak.load(std::memory_order_relaxed);
+    while (static_cast<int64_t>(n) > seen && !peak.compare_exchange_weak(seen, static_cast<int64_t>(n))) {
+    }
+  }
+
   void finish_row(int64_t row, bool choose, RangeState& st, RowOutcome& o) {
     const ScanTask& task = tasks[row];
-    if (task.dense) {
+    if (st.overflow) {
+      o.status = kStatusOverflow;
+      return;
+    }
+    if (task.route != Route::kBuffer) {  // dense, or a two-pass row without a finite score
       o.log_norm = st.guided.value();
       o.token = st.best_id;
       o.z = st.best_z;
       if (st.guided.max == -kInf) o.status = kStatusNoFinite;
       return;
     }
+    note_candidates(st.cands.size());
     if (finish_sparse(task.config, task.noise, st, choose, o)) return;
     // The plausibility floor rose after candidates were dropped: scan again knowing it.
+    kernel_stats().rescan_rows.fetch_add(1, std::memory_order_relaxed);
     ScanTask again = task;
     again.known_floor = st.base_max + task.config.log_floor;
+    again.z_out = nullptr;
     RangeState fresh;
     scan_range(rows[row], again, 0, vocab, fresh);
     fresh.base_max = st.base_max;
+    fresh.reward = st.reward;
+    fresh.ref = st.ref;
     st = std::move(fresh);
     o = RowOutcome{};
     TORCH_CHECK(finish_sparse(task.config, task.noise, st, choose, o), "tita: internal error: rescan insufficient");
   }
 };
+
+// Dense without filters; two passes for top-p rows and low min-p cuts without top-k or floor (their
+// allowed set can be most of the row); the candidate buffer otherwise (top-k bounds it, a min-p cut
+// within kMinPBuffer of the maximum too, a floor usually).
+constexpr float kMinPBuffer = 10.0f;
+
+Route route_of(const RowConfig& c) {
+  if (c.dense()) return Route::kDense;
+  const bool wide = c.top_p < 1.0f || c.log_min_p < -kMinPBuffer;
+  return (wide && c.top_k == 0 && c.log_floor == -kInf) ? Route::kTwoPass : Route::kBuffer;
+}
 
 Plan make_plan(const at::Tensor& base, const at::Tensor& reward, const c10::optional<at::Tensor>& ref,
                const SamplingParams& params, int64_t vocab, const at::Tensor* seed, const at::Tensor* offset,
@@ -240,7 +339,9 @@ Plan make_plan(const at::Tensor& base, const at::Tensor& reward, const c10::opti
   for (int64_t row = 0; row < plan.batch; ++row) {
     ScanTask& t = plan.tasks[row];
     t.config = make_row_config(params, row, vocab, ref.has_value());
-    t.dense = t.config.dense();
+    t.route = route_of(t.config);
+    t.second_pass = false;
+    t.choose = seed != nullptr;
     t.known_floor = -kInf;
     t.z_out = z_out == nullptr ? nullptr : z_out + row * base.size(1);
     if (seed != nullptr) {

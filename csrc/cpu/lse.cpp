@@ -9,7 +9,7 @@
 
 namespace tita::cpu {
 
-TITA_CPU_CLONES OnlineLse chunk_lse(const float* x, int n) {
+TITA_INLINE OnlineLse chunk_lse_body(const float* x, int n) {
   vf m = vsplat(-kInf);
   for (int i = 0; i < n; i += kLanes) m = vmax(m, vload(x + i));
   OnlineLse out;
@@ -26,5 +26,7 @@ TITA_CPU_CLONES OnlineLse chunk_lse(const float* x, int n) {
   out.sum = hsum(s0 + s1);
   return out;
 }
+TITA_CPU_DISPATCH(, OnlineLse, chunk_lse, (const float* x, int n), (x, n))
+
 
 }  // namespace tita::cpu

@@ -1,9 +1,11 @@
 // Portable SIMD for the CPU kernels: GCC/Clang vector extensions, 16 fp32 lanes.
 //
-// The hot entry points are compiled several times with TITA_CPU_CLONES (x86-64-v4: AVX-512;
-// v3: AVX2 + FMA; baseline)
-// and the loader picks the best for the machine, so no -march flag and no intrinsics are
-// needed. Everything here is always_inline so that it lands inside those clones.
+// The hot entry points are written once as always_inline bodies and stamped out by
+// TITA_CPU_DISPATCH for three instruction sets (AVX-512, AVX2 + FMA, baseline x86-64), each
+// flattened so that everything it calls is compiled for that set; a plain function of the entry's
+// name calls the one chosen by cpu_capability() (capability.h): the best the CPU supports, or a
+// lower one named by TITA_EXT_CPU_CAPABILITY=avx2|default (to measure an AVX2-only machine on an
+// AVX-512 one, like ATen's ATEN_CPU_CAPABILITY). No -march flag and no intrinsics are needed.
 #pragma once
 
 #include <cmath>
@@ -12,13 +14,33 @@
 #include <limits>
 
 #include "../common/philox.h"
+#include "capability.h"
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define TITA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
-#else
-#define TITA_CPU_CLONES __attribute__((flatten))
-#endif
 #define TITA_INLINE inline __attribute__((always_inline))
+
+// TITA_CPU_DISPATCH(spec, ret, name, (params), (args)): `spec ret name(params)` (spec: inline in a
+// header, empty for a function declared elsewhere) dispatching to name##_body(args) compiled for
+// AVX-512, AVX2 + FMA or the baseline.
+#if defined(__x86_64__) && !defined(__clang__)
+#define TITA_CPU_DISPATCH(spec, ret, name, params, args)                                            \
+  __attribute__((target("arch=x86-64-v4"), flatten)) static ret name##_avx512 params {             \
+    return name##_body args;                                                                       \
+  }                                                                                                \
+  __attribute__((target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt"), flatten)) static ret name##_avx2 params { \
+    return name##_body args;                                                                       \
+  }                                                                                                \
+  __attribute__((flatten)) static ret name##_default params { return name##_body args; }           \
+  spec ret name params {                                                                           \
+    switch (::tita::cpu::cpu_capability()) {                                                       \
+      case ::tita::cpu::Capability::kAvx512: return name##_avx512 args;                           \
+      case ::tita::cpu::Capability::kAvx2: return name##_avx2 args;                               \
+      default: return name##_default args;                                                         \
+    }                                                                                              \
+  }
+#else
+#define TITA_CPU_DISPATCH(spec, ret, name, params, args) \
+  __attribute__((flatten)) spec ret name params { return name##_body args; }
+#endif
 
 namespace tita::cpu {
 
