@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 # and `tita-ext --help` load neither torch nor transformers.
 _EXPORTS = {
     "STATUS_BAD_PARAM": "contract", "STATUS_NO_FINITE": "contract", "STATUS_OK": "contract",
+    "STATUS_OVERFLOW": "contract",
     "GuidedSampleOutput": "contract",
     "GuidedOutput": "generate", "Timings": "generate", "guided_generate": "generate",
     "GuidedGenerator": "generator", "clear_generator_cache": "generator",
@@ -23,7 +24,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .contract import STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, GuidedSampleOutput
+    from .contract import STATUS_BAD_PARAM, STATUS_NO_FINITE, STATUS_OK, STATUS_OVERFLOW, GuidedSampleOutput
     from .generate import GuidedOutput, Timings, guided_generate
     from .generator import GuidedGenerator, clear_generator_cache
     from .logits_processor import TITALogitsProcessor
@@ -60,5 +61,6 @@ __all__ = [
     "STATUS_OK",
     "STATUS_NO_FINITE",
     "STATUS_BAD_PARAM",
+    "STATUS_OVERFLOW",
 ]
 __version__ = "0.1.0"
