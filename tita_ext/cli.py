@@ -360,11 +360,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def save_demo_models(folder: str, models: dict[str, torch.nn.Module], processor, image) -> None:
     """Save the demo's models (each with the processor) and image, for `tita-ext generate`."""
+    from .safe_write import atomic_file, atomic_folder
+
     root = pathlib.Path(folder)
     for role, model in models.items():
-        model.save_pretrained(root / role)
-        processor.save_pretrained(root / role)
-    image.save(root / "demo.png")
+        with atomic_folder(root / role) as partial:  # a model folder appears complete or not at all
+            model.save_pretrained(partial)
+            processor.save_pretrained(partial)
+    with atomic_file(root / "demo.png", "wb") as out:
+        image.save(out, format="PNG")
     print(f"saved the demo models to {root / 'base'} and {root / 'reward'}, the image to {root / 'demo.png'}; try:\n"
           f"  {PROG} generate --base {root / 'base'} --reward {root / 'reward'} --image {root / 'demo.png'} "
           f"--prompt 'What is in the picture?' --show-rewards\n")

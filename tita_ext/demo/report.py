@@ -209,12 +209,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def write_summary(summary: Mapping[str, Any], path: pathlib.Path) -> None:
-    """The summary as indented JSON, written atomically (a temporary file renamed over `path`)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    """The summary as indented JSON, written crash-safe (safe_write: temp sibling, fsync, rename)."""
+    from ..safe_write import write_text
+
+    write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def plot_demo(summary: Mapping[str, Any], png_path: pathlib.Path) -> None:

@@ -93,14 +93,18 @@ def write_pope(folder: str | Path, scenes: Sequence[Scene], splits: Iterable[str
                frequencies: Mapping[str, float] | None = None, seed: int = 0) -> dict[str, Path]:
     """Render `scenes` into folder/images/NNNNNN.png and write folder/pope_{split}.jsonl for each
     split, one {"image", "question", "label"} object a line. Returns {split: jsonl path}."""
+    from ..safe_write import atomic_file, clean_stale
+
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for image_id, scene in enumerate(scenes):
-        render(scene).save(folder / image_name(image_id), format="PNG")
+    clean_stale(folder / "images")
+    for image_id, scene in enumerate(scenes):  # each file appears whole or not at all
+        with atomic_file(folder / image_name(image_id), "wb", clean=False) as out:
+            render(scene).save(out, format="PNG")
     paths: dict[str, Path] = {}
     for split in splits:
         path = folder / f"pope_{split}.jsonl"
-        with path.open("w", encoding="utf-8") as out:
+        with atomic_file(path) as out:
             for q in pope_questions(scenes, split, frequencies=frequencies, seed=seed):
                 record = {"image": image_name(q["image_id"]), "question": q["question"], "label": q["label"]}
                 out.write(json.dumps(record) + "\n")
