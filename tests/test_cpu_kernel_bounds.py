@@ -107,7 +107,7 @@ def test_lowered_instruction_set_gives_the_same_tokens(capability):
 def test_unknown_capability_warns_and_keeps_the_best():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TITA_EXT_CPU_CAPABILITY="sse9", PYTHONPATH=root)
-    code = "from tita_ext import _C; print(_C.build_info()['cpu_capability'])"
+    code = "import torch; from tita_ext import _C; print(_C.build_info()['cpu_capability'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() in ("avx512", "avx2", "default")
     assert "TITA_EXT_CPU_CAPABILITY=sse9 is not one of avx512, avx2, default" in out.stderr
