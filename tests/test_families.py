@@ -19,7 +19,7 @@ import functools
 
 import pytest
 import torch
-from families_tiny import FAMILIES, build, family_inputs, family_tokenizer, images
+from families_tiny import FAMILIES, build, family_inputs, images
 from transformers import LogitsProcessor
 
 import tita_ext

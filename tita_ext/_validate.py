@@ -144,5 +144,12 @@ def advance_args(sampled: torch.Tensor, finished: torch.Tensor, stop_ids: torch.
             raise ValueError(f"{name} is on {t.device} but sampled is on {sampled.device}")
     if finished.shape != sampled.shape:
         raise ValueError(f"finished has shape {tuple(finished.shape)} but sampled has {tuple(sampled.shape)}")
-    if not isinstance(pad_id, int) or isinstance(pad_id, bool) or pad_id < 0:
-        raise ValueError(f"pad_id must be an int >= 0, got {pad_id!r}")
+    int_at_least("pad_id", pad_id, 0)
+
+
+def int_at_least(name: str, value: object, low: int, note: str = "") -> int:
+    """`value` as a Python int >= low (bools refused), else a ValueError naming it (`note` is
+    appended to the message, e.g. where the value came from)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}{note}")
+    return value

@@ -14,12 +14,13 @@ from typing import Mapping
 
 import torch
 
+from ._validate import int_at_least
+
 
 def check_copies(num_return_sequences: object, do_sample: bool) -> int:
     """num_return_sequences as an int >= 1; more than 1 needs sampling, as in generate."""
     n = num_return_sequences
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"num_return_sequences must be an int >= 1, got {n!r}")
+    int_at_least("num_return_sequences", n, 1)
     if n > 1 and not do_sample:
         raise ValueError(f"num_return_sequences={n} with greedy decoding would return {n} identical copies (generate "
                          "refuses it too): pass do_sample=True")

@@ -37,10 +37,6 @@ from .weights_key import weights_key
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def graphs_possible(device: torch.device) -> tuple[bool, str]:
@@ -59,7 +55,7 @@ def bucket_sizes(buckets: Sequence[int], max_batch_size: int) -> tuple[int, ...]
     (max_batch_size itself when none does)."""
     if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets:
         raise ValueError(f"buckets must be a non-empty sequence of ints >= 1, got {buckets!r}")
-    sizes = sorted({_check_int("each bucket", b, 1) for b in buckets})
+    sizes = sorted({check.int_at_least("each bucket", b, 1) for b in buckets})
     top = min((b for b in sizes if b >= max_batch_size), default=max_batch_size)
     return tuple(b for b in sizes if b < max_batch_size) + (top,)
 
@@ -102,9 +98,9 @@ class GuidedGenerator:
                  overlap: bool = False, backend: Backend = None, vocab_size: int | None = None):
         from .setup_checks import check_model
 
-        _check_int("max_batch_size", max_batch_size, 1)
-        _check_int("max_length", max_length, 2)
-        self.sync_every = _check_int("sync_every", sync_every, 1)
+        check.int_at_least("max_batch_size", max_batch_size, 1)
+        check.int_at_least("max_length", max_length, 2)
+        self.sync_every = check.int_at_least("sync_every", sync_every, 1)
         if use_cuda_graph is not None and not isinstance(use_cuda_graph, bool):
             raise ValueError(f"use_cuda_graph must be None, True or False, got {use_cuda_graph!r}")
         self.buckets = bucket_sizes(buckets, max_batch_size)

@@ -82,8 +82,7 @@ class TITALogitsProcessor(LogitsProcessor):
         if ref_model is not None:
             check_inputs("ref", ref_model, ref_inputs, self.batch)
         self.device = check_same_device(self.models)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        check.int_at_least("max_new_tokens", max_new_tokens, 1)
         self.params = {"alpha": alpha, "plausibility": plausibility}
         self.vocab_size = len(text_tokenizer(tokenizer)) if tokenizer is not None else None
         self.max_new_tokens = max_new_tokens

@@ -219,7 +219,7 @@ def guided_sample(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Choose one token per row. Returns (tokens int64 [B], logprob float32 [B],
     token_reward float32 [B], status int32 [B]); rows with status != 0 get token -1 and NaNs."""
-    batch, device = base_logits.shape[0], base_logits.device
+    batch = base_logits.shape[0]
     params = param_columns(base_logits, alpha, alpha_rows, temperature, temperature_rows, top_k, top_k_rows,
                      top_p, top_p_rows, min_p, min_p_rows, plausibility, plausibility_rows)
     active = _active(temperature, temperature_rows, top_k, top_k_rows, top_p, top_p_rows, min_p, min_p_rows,

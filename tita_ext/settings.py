@@ -88,9 +88,8 @@ def resolve_settings(generation_config, prompt_length: int, *, alpha: check.Para
         if max_new_tokens is None:
             max_length = getattr(gen, "max_length", None) or 20
             max_new_tokens = max_length - prompt_length
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r} (from the generation "
-                         f"config's max_length and a prompt of {prompt_length} tokens if it was not passed)")
+    check.int_at_least("max_new_tokens", max_new_tokens, 1, f" (from the generation config's max_length and a prompt of "
+                                                      f"{prompt_length} tokens if it was not passed)")
 
     eos = _id_tuple("eos_token_id", _pick(eos_token_id, getattr(gen, "eos_token_id", None), None))
     pad = _pick(pad_token_id, getattr(gen, "pad_token_id", None), eos[0] if eos else None)
@@ -112,8 +111,7 @@ def resolve_settings(generation_config, prompt_length: int, *, alpha: check.Para
                          f"tokens already in the sequence are divided by it, or multiplied when negative), got "
                          f"{penalty!r}; it is one value for the batch, as in generate")
     min_new = _pick(min_new_tokens, getattr(gen, "min_new_tokens", None), 0)
-    if not isinstance(min_new, int) or isinstance(min_new, bool) or min_new < 0:
-        raise ValueError(f"min_new_tokens must be an int >= 0, got {min_new!r}")
+    check.int_at_least("min_new_tokens", min_new, 0)
     return DecodeSettings(alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                           plausibility=plausibility, max_new_tokens=max_new_tokens, eos_token_ids=eos,
                           pad_token_id=pad, stop_strings=stop_strings, do_sample=sample,

@@ -22,7 +22,6 @@ import argparse
 import copy
 import importlib.util
 import json
-import os
 import pathlib
 import platform
 import time

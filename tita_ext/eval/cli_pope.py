@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import pathlib
+from typing import TYPE_CHECKING, Any
 
-from typing import Any
+if TYPE_CHECKING:  # pragma: no cover - annotations only: --help must not import torch
+    import torch
 
 from .run_pope import POPE_TEMPLATE, SPLITS
 
