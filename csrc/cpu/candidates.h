@@ -109,9 +109,9 @@ TITA_INLINE void race_candidates_body(const NoiseAddress& a, const std::vector<C
     consider(x.z + gumbel_at(a, x.id), x);
   }
 }
-TITA_CPU_DISPATCH(inline, void, race_candidates,
-                  (const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out, float best_key),
-                  (a, v, out, best_key))
+TITA_FLATTENED(inline, void, race_candidates,
+               (const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out, float best_key),
+               (a, v, out, best_key))
 
 
 // x.e = exp(x.z - zmax) in fp64 for every candidate (mass64.h); returns their sum.

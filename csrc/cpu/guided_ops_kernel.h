@@ -143,8 +143,8 @@ TITA_INLINE void scan_range_body(const Row& in, const ScanTask& task, int64_t v0
   }
   kernel_stats().ids_scanned.fetch_add(v1 - v0, std::memory_order_relaxed);
 }
-TITA_CPU_DISPATCH(, void, scan_range, (const Row& in, const ScanTask& task, int64_t v0, int64_t v1, RangeState& st),
-                  (in, task, v0, v1, st))
+TITA_FLATTENED(, void, scan_range, (const Row& in, const ScanTask& task, int64_t v0, int64_t v1, RangeState& st),
+               (in, task, v0, v1, st))
 
 // Rewrites z (ids [v0, v1)) in place as log-probabilities of the filtered distribution.
 TITA_INLINE void write_logprobs_body(const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out) {
@@ -159,7 +159,7 @@ TITA_INLINE void write_logprobs_body(const Row& in, const RowOutcome& o, int64_t
     }
   }
 }
-TITA_CPU_DISPATCH(, void, write_logprobs, (const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out), (in, o, v0, v1, out))
+TITA_FLATTENED(, void, write_logprobs, (const Row& in, const RowOutcome& o, int64_t v0, int64_t v1, float* out), (in, o, v0, v1, out))
 
 
 constexpr int64_t kMinSliceIds = 8192;

@@ -22,9 +22,9 @@
 
 #define TITA_INLINE inline __attribute__((always_inline))
 
-// TITA_CPU_DISPATCH(spec, ret, name, (params), (args)): `spec ret name(params)`, an entry point of
+// TITA_FLATTENED(spec, ret, name, (params), (args)): `spec ret name(params)`, an entry point of
 // the scan calling name##_body(args) with everything it calls inlined (flatten).
-#define TITA_CPU_DISPATCH(spec, ret, name, params, args) \
+#define TITA_FLATTENED(spec, ret, name, params, args) \
   __attribute__((flatten)) spec ret name params { return name##_body args; }
 
 namespace tita::cpu {
