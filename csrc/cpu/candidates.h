@@ -14,6 +14,7 @@
 #include "row_scan.h"
 
 namespace tita::cpu {
+namespace TITA_CPU_ISA {
 
 struct RowOutcome {
   int32_t status = kStatusOk;
@@ -68,7 +69,7 @@ inline float nucleus_cut(std::vector<Candidate>& v, double target, double above 
 }
 
 // The Gumbel race over surviving candidates: out.token = argmax(z + g), ties to the lower id.
-// Sixteen candidates per 16-lane Philox call (lane l computes counter id_l / 4 and keeps word
+// kLanes candidates per Philox call (lane l computes counter id_l / 4 and keeps word
 // id_l % 4), so the noise is bit-identical to gumbel_at; groups that cannot beat the best key
 // are skipped (the noise never exceeds kGumbelMax).
 // best_key, out.token and out.z hold the winner so far (e.g. of a streamed race; -inf, -1: none).
@@ -108,9 +109,9 @@ TITA_INLINE void race_candidates_body(const NoiseAddress& a, const std::vector<C
     consider(x.z + gumbel_at(a, x.id), x);
   }
 }
-TITA_CPU_DISPATCH(inline, void, race_candidates,
-                  (const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out, float best_key),
-                  (a, v, out, best_key))
+TITA_FLATTENED(inline, void, race_candidates,
+               (const NoiseAddress& a, const std::vector<Candidate>& v, RowOutcome& out, float best_key),
+               (a, v, out, best_key))
 
 
 // x.e = exp(x.z - zmax) in fp64 for every candidate (mass64.h); returns their sum.
@@ -221,4 +222,5 @@ inline bool finish_two_pass(const RowConfig& c, const NoiseAddress& noise, const
   return true;
 }
 
+}  // namespace TITA_CPU_ISA
 }  // namespace tita::cpu

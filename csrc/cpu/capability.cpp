@@ -10,7 +10,7 @@ namespace tita::cpu {
 namespace {
 
 Capability hardware_capability() {
-#if defined(__x86_64__) && !defined(__clang__)
+#if TITA_CPU_MULTI_ISA
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&

@@ -15,6 +15,7 @@
 #include "simd.h"
 
 namespace tita::cpu {
+namespace TITA_CPU_ISA {
 
 constexpr int kHistBins = 512;
 constexpr float kBinsPerNat = 8.0f;
@@ -107,4 +108,5 @@ inline CutKeys locate_top_p(const MassHistogram& h, float zmax, float top_p) {
   return out;
 }
 
+}  // namespace TITA_CPU_ISA
 }  // namespace tita::cpu

@@ -27,6 +27,7 @@
 #include "simd.h"
 
 namespace tita::cpu {
+namespace TITA_CPU_ISA {
 
 constexpr int kChunk = 1024;
 // Candidates more than kWindow below the best z carry under e^-30 of the mass each: the sparse
@@ -125,7 +126,7 @@ TITA_INLINE bool combine_chunk(const RowConfig& c, const float* b, const float* 
   return combine_loop([&](vf bv, vf rv, vf) { return rv - (rv - bv) * one_minus; }, c, b, r, f, n, floor_now, z);
 }
 
-constexpr int kRaceBlock = 64;  // ids per vectorised Philox call: 16 counters x 4 words
+constexpr int kRaceBlock = 4 * kLanes;  // ids per vectorised Philox call: kLanes counters x 4 words
 
 TITA_INLINE float block_max(const float* z) {
   return hmax(vmax(vmax(vload(z), vload(z + kLanes)), vmax(vload(z + 2 * kLanes), vload(z + 3 * kLanes))));
@@ -140,7 +141,7 @@ inline uint32_t min_mantissa_to_reach(float need) {
   return m <= 0.0 ? 0u : (m >= 8388608.0 ? 8388608u : static_cast<uint32_t>(m));
 }
 
-// Race the 64 ids [first_id, first_id + 64) (first_id % 4 == 0): one 16-lane Philox call gives
+// Race the kRaceBlock ids from first_id (first_id % 4 == 0): one kLanes-wide Philox call gives
 // word w of counter first_id/4 + l for id first_id + 4l + w. Ties keep the lower id.
 TITA_INLINE void race_block(const NoiseAddress& a, const float* z, int64_t first_id, RangeState& st) {
   using L = LaneOps<vf>;
@@ -190,7 +191,7 @@ TITA_INLINE void race_chunk(const RowConfig& c, const NoiseAddress& noise, const
     }
     return;
   }
-  // Gumbel race in blocks of 64 ids; a block is skipped when none of its candidates can win
+  // Gumbel race in blocks of kRaceBlock ids; a block is skipped when none of its candidates can win
   // (z + kGumbelMax < best key so far): exact, since the noise never exceeds kGumbelMax.
   if (m + kGumbelMax < st.best_key) return;
   for (int i = 0; i < n; i += kRaceBlock) {
@@ -333,4 +334,5 @@ struct ScanTask {
   float* z_out;         // optional: the row's z, written at each id (guided_logprobs)
 };
 
+}  // namespace TITA_CPU_ISA
 }  // namespace tita::cpu

@@ -1,12 +1,17 @@
-// Portable SIMD for the CPU kernels: GCC/Clang vector extensions, 16 fp32 lanes.
+// Portable SIMD for the CPU kernels: GCC/Clang vector extensions of the instruction set's own width.
 //
-// The hot entry points are written once as always_inline bodies and stamped out by
-// TITA_CPU_DISPATCH for three instruction sets (AVX-512, AVX2 + FMA, baseline x86-64), each
-// flattened so that everything it calls is compiled for that set; a plain function of the entry's
-// name calls the one chosen by cpu_capability() (capability.h): the best the CPU supports, or a
-// lower one named by TITA_EXT_CPU_CAPABILITY=avx2|default (to measure an AVX2-only machine on an
-// AVX-512 one, like ATen's ATEN_CPU_CAPABILITY). No -march flag and no intrinsics are needed.
+// The whole kernel (this header and the ones that include it) is compiled once per instruction
+// set by a unit of its own (kernel_avx512.cpp: 16 fp32 lanes, kernel_avx2.cpp: 8, kernel_baseline.cpp:
+// 4), each in its own namespace tita::cpu::TITA_CPU_ISA under `#pragma GCC target`; guided_ops_cpu.cpp
+// calls the one cpu_capability() chooses. Each unit uses vectors no wider than its registers: GCC
+// lowers a compare or select on a wider vector (16 lanes under AVX2) element by element, through
+// memory, which made the AVX2 kernel ~10x slower than the AVX-512 one. No -march flag and no
+// intrinsics are needed.
 #pragma once
+
+#if !defined(TITA_CPU_ISA) || !defined(TITA_CPU_LANES)
+#error "simd.h is compiled through a kernel_<isa>.cpp unit, which defines TITA_CPU_ISA and TITA_CPU_LANES"
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -14,42 +19,24 @@
 #include <limits>
 
 #include "../common/philox.h"
-#include "capability.h"
 
 #define TITA_INLINE inline __attribute__((always_inline))
 
-// TITA_CPU_DISPATCH(spec, ret, name, (params), (args)): `spec ret name(params)` (spec: inline in a
-// header, empty for a function declared elsewhere) dispatching to name##_body(args) compiled for
-// AVX-512, AVX2 + FMA or the baseline.
-#if defined(__x86_64__) && !defined(__clang__)
-#define TITA_CPU_DISPATCH(spec, ret, name, params, args)                                            \
-  __attribute__((target("arch=x86-64-v4"), flatten)) static ret name##_avx512 params {             \
-    return name##_body args;                                                                       \
-  }                                                                                                \
-  __attribute__((target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt"), flatten)) static ret name##_avx2 params { \
-    return name##_body args;                                                                       \
-  }                                                                                                \
-  __attribute__((flatten)) static ret name##_default params { return name##_body args; }           \
-  spec ret name params {                                                                           \
-    switch (::tita::cpu::cpu_capability()) {                                                       \
-      case ::tita::cpu::Capability::kAvx512: return name##_avx512 args;                           \
-      case ::tita::cpu::Capability::kAvx2: return name##_avx2 args;                               \
-      default: return name##_default args;                                                         \
-    }                                                                                              \
-  }
-#else
-#define TITA_CPU_DISPATCH(spec, ret, name, params, args) \
+// TITA_FLATTENED(spec, ret, name, (params), (args)): `spec ret name(params)`, an entry point of
+// the scan calling name##_body(args) with everything it calls inlined (flatten).
+#define TITA_FLATTENED(spec, ret, name, params, args) \
   __attribute__((flatten)) spec ret name params { return name##_body args; }
-#endif
 
 namespace tita::cpu {
+namespace TITA_CPU_ISA {
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
+constexpr int kLanes = TITA_CPU_LANES;
+static_assert(kLanes == 4 || kLanes == 8 || kLanes == 16, "4, 8 or 16 fp32 lanes");
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t vu __attribute__((vector_size(4 * kLanes)));
 
-typedef uint64_t vu64 __attribute__((vector_size(128)));
+typedef uint64_t vu64 __attribute__((vector_size(8 * kLanes)));  // widening multiplies only (no compares)
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -70,13 +57,21 @@ TITA_INLINE vf finite_or_neg_inf(vf x) { return vselect((x - x) == 0.0f, x, vspl
 
 TITA_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 
-// Horizontal reductions in log2(16) = 4 shuffle steps (no lane-by-lane extraction).
+// Horizontal reductions in log2(kLanes) shuffle steps (no lane-by-lane extraction): step s
+// pairs lane l with lane l ^ s.
+template <int Step>
+TITA_INLINE vi xor_lanes() {
+  vi idx;
+  for (int l = 0; l < kLanes; ++l) idx[l] = l ^ Step;
+  return idx;
+}
+
 template <typename V, typename Op>
 TITA_INLINE V fold_lanes(V v, Op op) {
-  v = op(v, __builtin_shuffle(v, vi{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-  v = op(v, __builtin_shuffle(v, vi{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-  v = op(v, __builtin_shuffle(v, vi{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-  v = op(v, __builtin_shuffle(v, vi{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+  if constexpr (kLanes >= 16) v = op(v, __builtin_shuffle(v, xor_lanes<8>()));
+  if constexpr (kLanes >= 8) v = op(v, __builtin_shuffle(v, xor_lanes<4>()));
+  v = op(v, __builtin_shuffle(v, xor_lanes<2>()));
+  v = op(v, __builtin_shuffle(v, xor_lanes<1>()));
   return v;
 }
 
@@ -138,16 +133,22 @@ TITA_INLINE float chunk_max(const float* x, int n) {
   return hmax(m);
 }
 
+}  // namespace TITA_CPU_ISA
 }  // namespace tita::cpu
 
 namespace tita {
 
-// 16-lane versions of the operations the shared Philox / plog templates need (philox.h).
+// Vector versions of the operations the shared Philox / plog templates need (philox.h). Compiled
+// with the command line's options: philox.h's templates are (kernel_prelude.h includes it before
+// the unit's target pragma), and an always_inline function for a wider instruction set cannot be
+// inlined into them; once inlined into the kernel they take its instruction set.
+#pragma GCC push_options
+#pragma GCC reset_options
 template <>
-struct LaneOps<cpu::vf> {
-  using F = cpu::vf;
-  using U = cpu::vu;
-  using I = cpu::vi;
+struct LaneOps<cpu::TITA_CPU_ISA::vf> {
+  using F = cpu::TITA_CPU_ISA::vf;
+  using U = cpu::TITA_CPU_ISA::vu;
+  using I = cpu::TITA_CPU_ISA::vi;
   static TITA_INLINE F splat(float x) { return F{} + x; }
   static TITA_INLINE U splat_u(uint32_t x) { return U{} + x; }
   static TITA_INLINE U bits(F f) { return reinterpret_cast<U&>(f); }
@@ -158,9 +159,11 @@ struct LaneOps<cpu::vf> {
   static TITA_INLINE F select(I c, F a, F b) { return c ? a : b; }
   static TITA_INLINE I select(I c, I a, I b) { return c ? a : b; }
   static TITA_INLINE U mulhi(U a, uint32_t b) {
-    const cpu::vu64 wide = __builtin_convertvector(a, cpu::vu64) * static_cast<uint64_t>(b);
+    const cpu::TITA_CPU_ISA::vu64 wide = __builtin_convertvector(a, cpu::TITA_CPU_ISA::vu64) * static_cast<uint64_t>(b);
     return __builtin_convertvector(wide >> 32, U);
   }
 };
+
+#pragma GCC pop_options
 
 }  // namespace tita
