@@ -61,6 +61,7 @@ DTYPES = _Dtypes()
 # for its own command, so the top-level help imports none of them.
 COMMANDS = {
     "demo": ("tita_ext.demo.cli_demo", "the built-in story: train a base and a reward model, then POPE base vs TITA"),
+    "text-demo": ("tita_ext.demo.text_demo", "real weights: SmolLM2-135M-Instruct guided by a DPO copy of itself"),
     "generate": (None, "decode with local Hugging Face model folders"),
     "decode-demo": (None, "guided decoding with a random-weight tiny pair (seconds, no training)"),
     "eval-pope": ("tita_ext.eval.cli_pope", "POPE evaluation: base vs TITA over a sweep of alphas"),
