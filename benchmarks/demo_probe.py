@@ -24,6 +24,7 @@ validation or test scenes):
 
     python benchmarks/demo_probe.py tita-demo --seeds 0,1 --variants noise,blank,errors,labels \
         --out benchmarks/results/demo-probe.json
+    python benchmarks/demo_probe.py --summarize benchmarks/results/demo-probe.json
 
 Slow on a CPU (about 1-2 minutes per seed and variant on one thread); nothing is cached.
 """
@@ -170,14 +171,39 @@ def _recipe_fields(seed_dir: pathlib.Path) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
+def summarize(results: dict) -> str:
+    """Per DPO variant, TITA's gain over the base in the "eft" form on the test scenes, alpha chosen
+    per seed on the validation scenes (best F1, ties: the smaller alpha): the mean and every seed's."""
+    seeds = sorted(results["seeds"], key=int)
+    lines = []
+    for variant in VARIANTS:
+        key = f"dpo_{variant}"
+        if key not in results["seeds"][seeds[0]]["test"]:
+            continue
+        gains = []
+        for seed in seeds:
+            val, test = results["seeds"][seed]["val"][key]["eft"], results["seeds"][seed]["test"]
+            alpha = max(val, key=lambda a: (val[a], -float(a)))
+            gains.append(test[key]["eft"][alpha] - test["base"])
+        lines.append(f"{variant:<8} {sum(gains) / len(gains):+5.1f}   seeds {', '.join(seeds)}: "
+                     + ", ".join(f"{g:+.1f}" for g in gains))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("demo_out", type=pathlib.Path, help="a finished `tita-ext demo --out` folder")
+    parser.add_argument("demo_out", type=pathlib.Path, nargs="?", help="a finished `tita-ext demo --out` folder")
+    parser.add_argument("--summarize", type=pathlib.Path, metavar="JSON", help="print the gains of a probe's JSON")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds of that run (default 0,1)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"DPO pair variants ({', '.join(VARIANTS)})")
     parser.add_argument("--pair-scenes", type=int, default=300, help="fresh scenes the pairs are built on")
     parser.add_argument("--out", type=pathlib.Path, help="write the JSON here")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(json.loads(args.summarize.read_text())))
+        return
+    if args.demo_out is None:
+        parser.error("give a demo output folder (or --summarize JSON)")
     torch.set_num_threads(1)
     variants = [v for v in args.variants.split(",") if v]
     for variant in variants:
