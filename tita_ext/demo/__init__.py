@@ -6,7 +6,19 @@ answers, and POPE on held-out scenes (base alone vs TITA).
     summary = run_story(DemoRecipe(), pathlib.Path("tita-demo"), cache=None)
 """
 
-from .recipe import DemoRecipe, ModelSize
-from .story import run_story
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["DemoRecipe", "ModelSize", "run_story"]
+_HOMES = {"DemoRecipe": "recipe", "ModelSize": "recipe", "run_story": "story"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load on first use (PEP 562): `tita-ext demo --help` and `text-demo --help` import this
+    package, and story.py imports torch."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
