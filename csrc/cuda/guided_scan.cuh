@@ -18,7 +18,7 @@
 //     fp64 mass sum of exp(z - slice max), the top-p total's share of the slice.
 #pragma once
 
-#include "guided_common.cuh"
+#include "guided_bins.cuh"
 
 namespace tita::cuda {
 
@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
   constexpr int kPer = kChunks * kVec;
   __shared__ ReduceSmem red;
   __shared__ int slot_count;
+  __shared__ BinSmem bin_smem;
   const int64_t s = blockIdx.x;
   const int64_t vocab = a.in.vocab;
   const int64_t v0 = s * a.slice_len;
@@ -152,6 +153,11 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
       continue;
     }
 
+    if (binned_row(c, a)) {  // top-p alone: bin table and bin-sorted candidates (guided_bins.cuh)
+      scan_bins<kPer, kChunks>(a, row, s, c, z, zmax, zmin, bin_smem, part);
+      if (threadIdx.x == 0) gstore(&a.partials[row * a.slices + s], part);
+      continue;
+    }
     // Sparse: hand over every finite z >= theta.
     float tmax = TITA_NEG_INF;
 #pragma unroll

@@ -72,8 +72,8 @@ def build(threads: int = THREADS) -> ctypes.CDLL:
 
 
 # RowPath codes (csrc/cuda/guided_common.cuh) and the reads of its row each path makes.
-PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status"}
-READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1}  # general: unbounded
+PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status", 7: "bins"}
+READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1, "bins": 1}  # general: unbounded
 
 
 class Cost(NamedTuple):
