@@ -25,12 +25,16 @@
 #include <thread>
 #include <vector>
 
-#define __global__
+#define __global__ inline  // (block statics of every kernel in COMDAT sections alike: see __shared__)
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
+// Shared memory: every __shared__ variable lives in one section, which the pool fills with a
+// different garbage byte before each block (as a block's shared memory holds leftovers on the GPU:
+// a kernel that reads it before writing it fails here too).
+#define __shared__ __attribute__((section("tita_emu_shared"))) static
+extern "C" unsigned char __start_tita_emu_shared[], __stop_tita_emu_shared[];
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -228,6 +232,8 @@ class Pool {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = dim3(x, y);
+        garbage_ = static_cast<unsigned char>(garbage_ * 5u + 0x3Bu);  // never 0 twice in a row
+        std::memset(__start_tita_emu_shared, garbage_, static_cast<size_t>(__stop_tita_emu_shared - __start_tita_emu_shared));
         start_.arrive_and_wait();
         done_.arrive_and_wait();
       }
@@ -239,6 +245,7 @@ class Pool {
   std::barrier<> start_{kBlock + 1}, done_{kBlock + 1};
   std::function<void()> job_;
   std::atomic<bool> stop_{false};
+  unsigned char garbage_ = 0xA5;
 };
 
 // The pool every emulated launch runs on (TITA_LAUNCH in csrc/cuda/launch.h).

@@ -100,6 +100,19 @@ void emu_warp_probe(int kind) {
   });
 }
 
+// What a block finds in shared memory before writing it (out[block], 3 blocks): the emulation's
+// garbage, different for every block (a kernel relying on zeroed or leftover shared memory fails).
+__global__ void shared_probe_kernel(int32_t* out) {  // __global__: its block statics sit with the kernels'
+  __shared__ int32_t word;
+  if (threadIdx.x == 0) out[blockIdx.x] = word;
+  __syncthreads();
+  if (threadIdx.x == 0) word = 0;
+}
+
+void emu_shared_probe(int32_t* out) {
+  emu::launch(dim3(3), [&] { shared_probe_kernel(out); });
+}
+
 // The race's noise skipping must be conservative: over every uniform the noise can take
 // (2^23 mantissas), count words that reach_limit would skip although their Gumbel noise reaches
 // `need`. Must be 0 for every need.
