@@ -180,6 +180,27 @@ def test_emulated_strides_and_mixed_dtypes(layout):
     compare(big_b.half(), big_r.bfloat16(), ref, dict(temperature=0.8, top_k=40), seed=5, offset=2, sm_count=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_emulated_misaligned_rows_use_vector_loads(dtype):
+    """Rows that do not start on a 16-byte boundary (offset views; widths 1271 and 32001, whose
+    rows are misaligned 7 in 8) are read by the scan with aligned 16-byte loads, shifted and
+    completed from the next lane: exact tokens, every whole chunk in 16-byte words, element loads
+    only for the rows' partial last chunks and the chosen tokens' logits."""
+    big_b = llm_logits(3, 32010, dtype, seed=61)
+    big_r = llm_logits(3, 32010, dtype, seed=62)
+    cases = [(big_b[:, 3:32004], big_r[:, 5:32006]),  # two different misalignments
+             (llm_logits(4, 1271, dtype, seed=63), llm_logits(4, 1271, dtype, seed=64)),
+             (big_b[:, :32001].contiguous(), big_r[:, :32001].contiguous())]
+    for base, reward in cases:
+        for kwargs, sm_count in ((dict(temperature=0.7), 132), (dict(temperature=0.7, top_k=50, top_p=0.9), 1)):
+            compare(base, reward, None, kwargs, seed=2, sm_count=sm_count)
+            cost = emu_ops.last_cost
+            input_bytes = 2 * base.shape[0] * base.shape[1] * base.element_size()
+            assert cost.loaded_by_width(16) >= 0.97 * input_bytes, (cost.widths, input_bytes)
+            if dtype == torch.bfloat16:  # 2-byte loads are logits only: partial chunks and the tokens'
+                assert cost.loaded_by_width(2) <= 0.01 * input_bytes, (cost.widths, input_bytes)
+
+
 def test_noise_skipping_is_exact():
     """The dense race skips the logs of noise words that cannot lift a score by `need`
     (row_load.cuh reach_limit): never one whose Gumbel noise would reach it, for any need."""

@@ -73,16 +73,17 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     Best top = best_none();  // argmax z (key z), lowest id first
     // Vector path: the loads of chunk k + 1 are issued before chunk k is computed on.
     const bool vec = vector_rows(rp);
-    RawChunk raw[2];
+    RawChunk raw[2] = {};
     if (vec && v0 + static_cast<int64_t>(threadIdx.x) * kVec + kVec <= vocab) {
-      issue_chunk(rp, v0 + static_cast<int64_t>(threadIdx.x) * kVec, raw[0]);
+      issue_chunk(rp, v0 + static_cast<int64_t>(threadIdx.x) * kVec, vocab, raw[0]);
     }
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
       if (k + 1 < kChunks && vec && id0 + static_cast<int64_t>(kThreads) * kVec + kVec <= vocab) {
-        issue_chunk(rp, id0 + static_cast<int64_t>(kThreads) * kVec, raw[(k + 1) & 1]);
+        issue_chunk(rp, id0 + static_cast<int64_t>(kThreads) * kVec, vocab, raw[(k + 1) & 1]);
       }
+      if (vec) realign_chunk(rp, id0, vocab, raw[k & 1]);  // misaligned rows; every lane (shuffles)
       float b[kVec], r[kVec], f[kVec];
       if (vec && id0 + kVec <= vocab) {
         decode_chunk(rp, raw[k & 1], b, r, f);

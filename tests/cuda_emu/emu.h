@@ -259,7 +259,13 @@ inline void launch(dim3 grid, const std::function<void()>& body) {
 inline std::atomic<int64_t> loaded{0}, stored{0};
 inline std::vector<int32_t> paths;  // per row: the last RowPath recorded (0: none)
 inline std::atomic<int32_t> path_writes{0};
-inline void count_load(size_t bytes) { loaded.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
+// Bytes loaded by the width of the load: [0] 2-byte, [1] 4-byte, [2] 8-byte, [3] 16-byte, [4] other.
+inline std::atomic<int64_t> loaded_by_width[5];
+inline void count_load(size_t bytes) {
+  loaded.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
+  const int w = bytes == 2 ? 0 : bytes == 4 ? 1 : bytes == 8 ? 2 : bytes == 16 ? 3 : 4;
+  loaded_by_width[w].fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
+}
 inline void count_store(size_t bytes) { stored.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
 inline void trace_path(int64_t row, int32_t path) {
   if (threadIdx.x != 0) return;
@@ -269,6 +275,7 @@ inline void trace_path(int64_t row, int32_t path) {
 inline void reset_counters(int64_t rows) {
   loaded = 0;
   stored = 0;
+  for (auto& w : loaded_by_width) w = 0;
   path_writes = 0;
   paths.assign(static_cast<size_t>(rows), 0);
 }
@@ -282,6 +289,11 @@ inline int __syncthreads_or(int pred) { return emu::count_barrier(pred) > 0; }
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int o) {
   return emu::exchange(v, static_cast<int>(threadIdx.x & 31u) ^ o, mask);
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned d) {
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  return emu::exchange(v, lane + static_cast<int>(d) < 32 ? lane + static_cast<int>(d) : lane, mask);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned d) {

@@ -83,6 +83,11 @@ void emu_counters(int64_t* loaded, int64_t* stored, int32_t* paths, int64_t rows
   for (int64_t r = 0; r < rows && static_cast<size_t>(r) < emu::paths.size(); ++r) paths[r] = emu::paths[r];
 }
 
+// Bytes the last emu_guided call loaded, by load width: out[0..4] = 2, 4, 8, 16 bytes, other.
+void emu_load_widths(int64_t* out) {
+  for (int i = 0; i < 5; ++i) out[i] = emu::loaded_by_width[i].load();
+}
+
 // Probes of the emulation's warp checks (each aborts the process with a message; tests run them
 // in a subprocess). kind 0: lane 5 shuffles with a mask that excludes it; 1: only the lower half
 // of warp 0 shuffles (a divergent shuffle); 2: lanes disagree on the mask.
