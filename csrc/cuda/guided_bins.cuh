@@ -46,7 +46,8 @@ __device__ __forceinline__ float bin_floor(double bin) { return static_cast<floa
 
 // A race entry as one word: larger = better (higher key, then lower id); 0: none.
 __device__ __forceinline__ unsigned long long pack_best(float key, int64_t id) {
-  return (static_cast<unsigned long long>(okey(key)) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(id));
+  const float k = key == 0.0f ? 0.0f : key;  // -0 and +0 tie (then the lower id wins), as in beats()
+  return (static_cast<unsigned long long>(okey(k)) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(id));
 }
 __device__ __forceinline__ Best unpack_best(unsigned long long w) {
   if (w == 0ull) return best_none();
@@ -96,34 +97,28 @@ __device__ __forceinline__ void scan_bins(const KernelArgs& a, int64_t row, int6
     const double i = top - abs_bin(zi);
     return i < kSliceBins ? static_cast<int>(i) : -1;
   };
+  each_group<kChunks>(v0, z, [&](int64_t g0, const float* zs) {
+    int e[4];
+    bool any = false;
 #pragma unroll
-  for (int k = 0; k < kChunks; ++k) {
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const int64_t g0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + 4 * q;
-      const float* zs = z + k * kVec + 4 * q;
-      int e[4];
-      bool any = false;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        e[j] = zs[j] == TITA_NEG_INF ? -1 : entry_of(zs[j]);
-        any = any || e[j] >= 0;
-      }
-      if (!any) continue;
-      Philox4<uint32_t> w{};
-      if (race) w = philox_group(addr, g0);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (e[j] < 0) continue;
-        const float key = race ? __fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])) : zs[j];
-        atomicAdd(&sm.count[e[j]], 1);
-        atomicAdd(&sm.mass[e[j]], exp(static_cast<double>(zs[j]) - static_cast<double>(zmax)));
-        atomicMin(&sm.lo[e[j]], okey(zs[j]));
-        atomicMax(&sm.hi[e[j]], okey(zs[j]));
-        atomicMax(&sm.win[e[j]], pack_best(key, g0 + j));
-      }
+    for (int j = 0; j < 4; ++j) {
+      e[j] = zs[j] == TITA_NEG_INF ? -1 : entry_of(zs[j]);
+      any = any || e[j] >= 0;
     }
-  }
+    if (!any) return;
+    Philox4<uint32_t> w{};
+    if (race) w = philox_group(addr, g0);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (e[j] < 0) continue;
+      const float key = race ? __fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])) : zs[j];
+      atomicAdd(&sm.count[e[j]], 1);
+      atomicAdd(&sm.mass[e[j]], exp(static_cast<double>(zs[j]) - static_cast<double>(zmax)));
+      atomicMin(&sm.lo[e[j]], okey(zs[j]));
+      atomicMax(&sm.hi[e[j]], okey(zs[j]));
+      atomicMax(&sm.win[e[j]], pack_best(key, g0 + j));
+    }
+  });
   __syncthreads();
   // Suffix sums from the top (64 entries: one thread, a few hundred cycles), the entries to
   // store (down to the slice's lowest bin) and the bins handed over.

@@ -170,6 +170,19 @@ __device__ __forceinline__ int slice_cands(const RowConfig& c, int64_t slices) {
   return static_cast<int>(want < kMaxTopK ? want : kMaxTopK);
 }
 
+// f(g0, zs) for every 4-id group of a scan thread's registers z (the scan's id layout: chunk k of
+// thread t holds ids v0 + (k * kThreads + t) * kVec + [0, 8)); zs points at the group's 4 scores.
+template <int kChunks, class F>
+__device__ __forceinline__ void each_group(int64_t v0, const float* z, F f) {
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      f(v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + 4 * q, z + k * kVec + 4 * q);
+    }
+  }
+}
+
 // The plausibility floor of a row from the base_max slices: max(b) + log(plausibility).
 __device__ __forceinline__ float row_floor(const KernelArgs& a, int64_t row, float log_floor, ReduceSmem& red) {
   float m = TITA_NEG_INF;

@@ -128,24 +128,18 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
         const NoiseAddress addr = noise_address(a.noise, row);
         Best mine = top;
         mine.key = __fadd_rn(top.z, gumbel_of(addr, top.id));  // the argmax's key bounds the winner's
+        each_group<kChunks>(v0, z, [&](int64_t g0, const float* zs) {
+          const float gz = fmaxf(fmaxf(zs[0], zs[1]), fmaxf(zs[2], zs[3]));
+          if (gz == TITA_NEG_INF || gz + kGumbelMax < mine.key) return;
+          const Philox4<uint32_t> w = philox_group(addr, g0);
+          const float limit = reach_limit(mine.key - gz);  // for the group's best z: conservative for all 4
 #pragma unroll
-        for (int k = 0; k < kChunks; ++k) {
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int64_t g0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + 4 * q;
-            const float* zs = z + k * kVec + 4 * q;
-            const float gz = fmaxf(fmaxf(zs[0], zs[1]), fmaxf(zs[2], zs[3]));
-            if (gz == TITA_NEG_INF || gz + kGumbelMax < mine.key) continue;
-            const Philox4<uint32_t> w = philox_group(addr, g0);
-            const float limit = reach_limit(mine.key - gz);  // for the group's best z: conservative for all 4
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              if (zs[j] == TITA_NEG_INF || !may_reach(w.x[j], limit)) continue;
-              const Best cand{__fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])), zs[j], static_cast<int32_t>(g0 + j)};
-              if (beats(cand, mine)) mine = cand;
-            }
+          for (int j = 0; j < 4; ++j) {
+            if (zs[j] == TITA_NEG_INF || !may_reach(w.x[j], limit)) continue;
+            const Best cand{__fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])), zs[j], static_cast<int32_t>(g0 + j)};
+            if (beats(cand, mine)) mine = cand;
           }
-        }
+        });
         part.best = block_reduce(mine, BestOp{}, red);
       }
     }
