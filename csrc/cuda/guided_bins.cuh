@@ -186,9 +186,12 @@ __device__ __forceinline__ SliceAtBin slice_at_bin(const KernelArgs& a, int64_t 
   const double di = top - b;
   const bool inside = di < p.bins;
   const int i = inside ? static_cast<int>(di) : p.bins - 1;  // below the table: the slice has nothing there
-  r.through = gload_l2(&t[i].cum_mass);
-  if (mass_only) return r;
-  const BinEntry e = gload_l2(&t[i]);
+  if (mass_only) {
+    r.through = gload(&t[i].cum_mass);
+    return r;
+  }
+  const BinEntry e = gload(&t[i]);
+  r.through = e.cum_mass;
   r.n_through = e.cum_count;
   r.win_through = e.win;
   if (!inside) {
@@ -202,7 +205,7 @@ __device__ __forceinline__ SliceAtBin slice_at_bin(const KernelArgs& a, int64_t 
   r.hi = e.hi;
   r.handed = e.cum_count <= p.n_cands;
   if (i > 0) {
-    const BinEntry u = gload_l2(&t[i - 1]);
+    const BinEntry u = gload(&t[i - 1]);
     r.above = u.cum_mass;
     r.n_above = u.cum_count;
     r.win_above = u.win;
@@ -324,7 +327,7 @@ __device__ __forceinline__ bool finish_binned(const KernelArgs& a, int64_t row, 
       if (n <= 0) continue;
       const Cand* from = a.cands + (row * a.slices + s) * kSliceSlots + t.n_above;
       const int at = atomicAdd(n_cands, n);
-      for (int i = 0; i < n; ++i) cands[at + i] = gload_l2(&from[i]);
+      for (int i = 0; i < n; ++i) cands[at + i] = gload(&from[i]);
     }
     __syncthreads();
     bitonic_sort(cands, n_bin);
