@@ -166,7 +166,7 @@ def test_emulated_top_p_bin_tables(sm_count):
 def test_emulated_strides_and_mixed_dtypes(layout):
     big_b = llm_logits(4, 5000, torch.float32, seed=7)
     big_r = llm_logits(4, 5000, torch.float32, seed=8)
-    if layout == "row_slice":  # rows start off 16-byte alignment: element loads
+    if layout == "row_slice":  # rows start off 16-byte alignment: shifted 16-byte loads + shuffles
         base, reward = big_b[:, 3:2274], big_r[:, 7:2278]
     elif layout == "column_stride":
         base, reward = big_b[:, ::2], big_r[:, 1::2]
