@@ -9,6 +9,9 @@ with the backend's "not available" error rather than skip.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -81,14 +84,16 @@ def test_cuda_logprobs_matches_reference(dtype, shape, mode):
         assert torch.isneginf(got[:, min(base_width, reward_width):]).all()
 
 
-@pytest.mark.parametrize("layout", ["row_slice", "unaligned", "column_stride", "transposed", "expanded"])
+@pytest.mark.parametrize("layout", ["row_slice", "unaligned", "odd_width", "column_stride", "transposed", "expanded"])
 def test_cuda_any_strides(layout):
     big_b = llm_logits(4, 40000, torch.bfloat16, seed=7).to(CUDA)
     big_r = llm_logits(4, 40000, torch.bfloat16, seed=8).to(CUDA)
     if layout == "row_slice":
         base, reward = big_b[:, 8:32008], big_r[:, 16:32016]
-    elif layout == "unaligned":  # rows start off 16-byte alignment: element loads
+    elif layout == "unaligned":  # rows start off 16-byte alignment: shifted 16-byte loads + shuffles
         base, reward = big_b[:, 3:32003], big_r[:, 5:32005]
+    elif layout == "odd_width":  # contiguous rows of 32001 ids: 7 rows in 8 misaligned
+        base, reward = big_b[:, :32001].contiguous(), big_r[:, :32001].contiguous()
     elif layout == "column_stride":
         base, reward = big_b[:, ::2], big_r[:, 1::2]
     elif layout == "transposed":
@@ -152,6 +157,26 @@ def test_cuda_fallback_and_flat_rows():
     late[:, :10] = 4.0
     for kwargs in (dict(temperature=1.0, plausibility=0.3), dict(temperature=0.0, plausibility=0.3, top_k=3)):
         compare_with_reference(late, reward, None, kwargs, seed=8, offset=0, backend="cuda")
+
+
+def test_cuda_top_p_bin_tables():
+    """Top-p rows without top-k (csrc/cuda/guided_bins.cuh): nuclei of thousands of ids decided by
+    the slices' bin tables and the cut bin's candidates, tied cut bins, greedy, logprobs, both plans."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import cases  # benchmarks/cases.py: the op benchmarks' logits
+
+    b, r = cases.logits(64, 151936)
+    base, reward = b.bfloat16().to(CUDA), r.bfloat16().to(CUDA)
+    ties = (base.float() * 2).round().div(2).bfloat16()
+    for kwargs in (dict(temperature=0.7, top_p=0.9), dict(temperature=0.0, top_p=0.9),
+                   dict(temperature=1.0, top_p=0.95, plausibility=1e-4)):
+        for rows in (slice(0, 2), slice(0, 64)):  # 2048- and 6144-id slices
+            compare_with_reference(base[rows], reward[rows], None, dict(kwargs), seed=4, offset=1, backend="cuda")
+        compare_with_reference(ties[:4], ties[:4].clone(), None, dict(kwargs), seed=4, offset=1, backend="cuda")
+    got = tita_ext.guided_logprobs(base[:4], reward[:4], temperature=0.7, top_p=0.9, backend="cuda")
+    want = tita_ext.guided_logprobs(base[:4], reward[:4], temperature=0.7, top_p=0.9, backend="reference")
+    assert torch.equal(torch.isneginf(got), torch.isneginf(want))
+    torch.testing.assert_close(got.exp(), want.exp(), atol=PROB_ATOL, rtol=1e-4)
 
 
 def test_cuda_overflow_status():

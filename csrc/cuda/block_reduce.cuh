@@ -134,6 +134,10 @@ constexpr uint32_t kNegInfKey = 0x007FFFFFu;  // okey(-inf)
 // Warp shuffles of the reduced types.
 __device__ __forceinline__ float shfl_xor(float v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
 __device__ __forceinline__ int shfl_xor(int v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
+__device__ __forceinline__ unsigned shfl_xor(unsigned v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
+__device__ __forceinline__ unsigned long long shfl_xor(unsigned long long v, int o) {
+  return __shfl_xor_sync(0xFFFFFFFFu, v, o);
+}
 __device__ __forceinline__ double shfl_xor(double v, int o) { return __shfl_xor_sync(0xFFFFFFFFu, v, o); }
 __device__ __forceinline__ Lse shfl_xor(Lse v, int o) { return Lse{shfl_xor(v.m, o), shfl_xor(v.s, o)}; }
 __device__ __forceinline__ Best shfl_xor(Best v, int o) {

@@ -33,9 +33,10 @@ constexpr int kSliceSlots = 512;     // candidates one slice may hand over (more
 constexpr int kRowCands = 4096;      // candidates the finish holds in shared memory (more: fallback)
 constexpr int kMaxSlices = 2048;     // slices per row the finish can prefix-sum (more: fallback)
 constexpr int kBins = 2048;          // fallback histogram bins per row (linear in z over [zmin, zmax])
-constexpr int kGather = kRowCands;
+constexpr int kGather = kRowCands;   // fallback: elements of the cut bins gathered per row
 constexpr int kCoarseBins = 256;     // finish: histogram of the candidates when more than kRowCands pass T
-constexpr int kHistSlices = 8;       // fallback histogram: slices per block (fewer global flushes)   // fallback: elements of the cut bins gathered per row
+constexpr int kHistSlices = 8;       // fallback histogram: slices per block (fewer global flushes)
+constexpr int kSliceBins = 64;       // binned rows: bin-table entries per slice (guided_bins.cuh)
 
 // Which path decided a row (the CPU emulation records it; tests bound the re-reads per path).
 enum RowPath : int32_t {
@@ -45,6 +46,7 @@ enum RowPath : int32_t {
   kPathHistogram = 4,  // fallback: histogram + gather/race passes (3 reads)
   kPathGeneral = 5,    // the single-block exact search (unbounded re-reads)
   kPathStatus = 6,     // bad parameter / no finite / overflow decided by the scan (1 read)
+  kPathBins = 7,       // top-p alone: the slices' bin tables (+ the cut bin's candidates) decided it (1 read)
 };
 
 // What the scan of one (slice, row) leaves for the finish.
@@ -57,6 +59,17 @@ struct SlicePartial {
   float theta;     // every finite z of the slice that was not handed over is < theta (-inf: none dropped)
   Best best;       // dense rows: the slice's winner (greedy: argmax z; sampling: the Gumbel race)
   int32_t n_cands; // sparse rows: candidates handed over; -1: too many (the row takes the fallback)
+  int32_t bins;    // binned rows (guided_bins.cuh): table entries stored; -1: none (|zmax| too large)
+};
+
+// One entry of a slice's bin table (guided_bins.cuh): entry i is the absolute bin (slice's top
+// bin - i); sums are over the slice's elements in bins >= that one (suffix from the top).
+struct BinEntry {
+  double cum_mass;          // sum of exp(z - slice zmax), fp64
+  int32_t cum_count;
+  uint32_t lo, hi;          // min / max okey(z) of this bin alone (lo > hi: empty)
+  uint32_t pad;
+  unsigned long long win;   // race winner of bins >= this one (pack_best: key, then lowest id)
 };
 
 struct Cand {
@@ -110,6 +123,7 @@ struct KernelArgs {
   SlicePartial* partials; // [batch, slices]
   float* base_max;        // [batch, slices]; nullptr: no plausibility floor in this launch
   Cand* cands;            // [batch, slices, kSliceSlots]; nullptr: no filtered rows in this launch
+  BinEntry* bins;         // [batch, slices, kSliceBins]; nullptr: no top-p rows in this launch
   RowOutcome* outcomes;   // [batch] (guided_logprobs)
   FallbackRow* fallback;  // [batch]; nullptr with cands
   int32_t* hist_count;    // [batch, kBins]
@@ -154,6 +168,19 @@ __device__ __forceinline__ int slice_cands(const RowConfig& c, int64_t slices) {
   if (c.top_k > 0) want = (2 * c.top_k + slices - 1) / slices + kMinSliceCands;
   want = want < kMinSliceCands ? kMinSliceCands : want;
   return static_cast<int>(want < kMaxTopK ? want : kMaxTopK);
+}
+
+// f(g0, zs) for every 4-id group of a scan thread's registers z (the scan's id layout: chunk k of
+// thread t holds ids v0 + (k * kThreads + t) * kVec + [0, 8)); zs points at the group's 4 scores.
+template <int kChunks, class F>
+__device__ __forceinline__ void each_group(int64_t v0, const float* z, F f) {
+#pragma unroll
+  for (int k = 0; k < kChunks; ++k) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      f(v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + 4 * q, z + k * kVec + 4 * q);
+    }
+  }
 }
 
 // The plausibility floor of a row from the base_max slices: max(b) + log(plausibility).

@@ -183,25 +183,9 @@ __device__ __forceinline__ bool gathered_cut(const RowConfig& c, const FallbackR
   }
   float tau_p = TITA_NEG_INF;
   if (c.top_p < 1.0f) {
-    const int per = (n + kThreads - 1) / kThreads;
-    const int first = threadIdx.x * per, end = first + per < n ? first + per : n;
-    double mine = 0.0;
-    for (int i = first; i < end; ++i) {
-      if (cands[i].z >= tau_k) mine += exp(static_cast<double>(__fsub_rn(cands[i].z, fb.zmax)));
-    }
-    double gathered = 0.0;
-    double before = fb.mass_above + block_exclusive_scan(mine, warp_dbl, gathered);
-    const double total = fb.k_active ? fb.mass_above + gathered : fb.total;
-    const double target = static_cast<double>(c.top_p) * total;
-    if (!(fb.mass_above < target)) return false;  // the cut would lie above the gathered bins
-    int cut_at = INT_MAX;
-    for (int i = first; i < end; ++i) {
-      if (cands[i].z < tau_k) continue;
-      before += exp(static_cast<double>(__fsub_rn(cands[i].z, fb.zmax)));
-      if (before >= target && cut_at == INT_MAX) cut_at = i;
-    }
-    cut_at = block_reduce(cut_at, MinIntOp{}, red);
-    if (cut_at == INT_MAX) return false;  // ... or below them
+    const int cut_at = cut_in_sorted(cands, n, tau_k, fb.zmax, fb.mass_above, c.top_p, fb.k_active ? 0.0 : fb.total,
+                                     warp_dbl, red);
+    if (cut_at == INT_MAX) return false;  // the cut lies above or below the gathered bins
     tau_p = cands[cut_at].z;
   }
   tau = fmaxf(fb.tau_min, fmaxf(tau_k, tau_p));

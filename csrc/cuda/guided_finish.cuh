@@ -55,6 +55,7 @@ struct RowResult {
   float tau = TITA_NEG_INF, floor = TITA_NEG_INF, log_norm = TITA_NEG_INF;
   float lse_r = TITA_NEG_INF, lse_f = TITA_NEG_INF;
   Best best = Best{TITA_NEG_INF, TITA_NEG_INF, -1};
+  int32_t path = kPathCands;  // the RowPath of a filtered row the finish decides
 };
 
 // Filters and choice over a source whose finite elements include every allowed id once tau >= T.
@@ -111,6 +112,31 @@ __device__ __forceinline__ void bitonic_sort(Cand* cands, int n) {
       __syncthreads();
     }
   }
+}
+
+// The top-p cut over sorted candidates: the first position (among z >= tau_k) whose inclusive
+// mass, mass_above plus exp(z - zmax) in sorted order (fp64, the reference's cumsum), reaches
+// top_p x total, where total is total_hint when > 0, else mass_above plus the positions' masses.
+// INT_MAX: no position reaches it, or mass_above alone does (the cut lies outside the candidates).
+__device__ __forceinline__ int cut_in_sorted(const Cand* cands, int n, float tau_k, float zmax, double mass_above,
+                                             float top_p, double total_hint, double* warp_dbl, ReduceSmem& red) {
+  const int per = (n + kThreads - 1) / kThreads;
+  const int first = threadIdx.x * per, end = first + per < n ? first + per : n;
+  double mine = 0.0;
+  for (int i = first; i < end; ++i) {
+    if (cands[i].z >= tau_k) mine += exp(static_cast<double>(__fsub_rn(cands[i].z, zmax)));
+  }
+  double sum = 0.0;
+  double before = mass_above + block_exclusive_scan(mine, warp_dbl, sum);
+  const double target = static_cast<double>(top_p) * (total_hint > 0.0 ? total_hint : mass_above + sum);
+  if (!(mass_above < target)) return INT_MAX;
+  int cut_at = INT_MAX;
+  for (int i = first; i < end; ++i) {
+    if (cands[i].z < tau_k) continue;
+    before += exp(static_cast<double>(__fsub_rn(cands[i].z, zmax)));
+    if (before >= target && cut_at == INT_MAX) cut_at = i;
+  }
+  return block_reduce(cut_at, MinIntOp{}, red);
 }
 
 // filter_and_choose on n <= kSortMax candidates, sorted first. Same results (the cut's masses
@@ -217,6 +243,11 @@ __device__ __forceinline__ double top_p_total(const SlicePartial* parts, int64_t
   return block_reduce(t, SumDoubleOp{}, red);
 }
 
+// Top-p rows decided by the slices' bin tables (guided_bins.cuh).
+__device__ __forceinline__ bool finish_binned(const KernelArgs& a, int64_t row, const RowConfig& c, Cand* cands,
+                                              int* n_cands, ReduceSmem& red, RowResult& res);
+__device__ __forceinline__ bool binned_row(const RowConfig& c, const KernelArgs& a);
+
 // The fast path's finish; false: the row needs the fallback.
 __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, const RowConfig& c, Cand* cands, int* prefix,
                             int* n_cands, ReduceSmem& red, RowResult& res) {
@@ -260,6 +291,7 @@ __device__ __forceinline__ bool finish_fast(const KernelArgs& a, int64_t row, co
     res.tau = no_cut(c) ? TITA_NEG_INF : zmax;
     return true;
   }
+  if (binned_row(c, a)) return finish_binned(a, row, c, cands, n_cands, red, res);
   T = block_reduce(T, MaxOp{}, red);
   if (block_reduce(overflow, SumIntOp{}, red) > 0) return false;
 
@@ -437,7 +469,7 @@ __global__ void __launch_bounds__(kThreads, 1) guided_finish_kernel(KernelArgs a
       finish_general(a, row, c, red, res);
       TITA_TRACE_PATH(row, kPathGeneral);
     } else if (finish_fast(a, row, c, cands, prefix, &n_cands, red, res)) {
-      TITA_TRACE_PATH(row, res.status != kStatusOk ? kPathStatus : (no_cut(c) ? kPathDense : kPathCands));
+      TITA_TRACE_PATH(row, res.status != kStatusOk ? kPathStatus : (no_cut(c) ? kPathDense : res.path));
     } else if (a.fallback == nullptr) {
       finish_general(a, row, c, red, res);
       TITA_TRACE_PATH(row, kPathGeneral);

@@ -39,7 +39,8 @@ struct Plan {
   int64_t slices = 0;      // of the shared range
   bool floor_pass = false; // a plausibility floor may be on: base_max_kernel runs first
   bool cut = false;        // a row may have top-k, top-p or min-p: candidates and the fallback
-  size_t partials = 0, base_max = 0, cands = 0, outcomes = 0, fallback = 0, hist_count = 0, hist_mass = 0,
+  bool binned = false;     // a row may have top-p: the slices' bin tables (guided_bins.cuh)
+  size_t partials = 0, base_max = 0, cands = 0, bins = 0, outcomes = 0, fallback = 0, hist_count = 0, hist_mass = 0,
          hist_lo = 0, hist_hi = 0, race = 0, gathered = 0, tickets = 0, bytes = 0;  // byte offsets, total
 };
 
@@ -56,13 +57,15 @@ inline Plan make_plan(const GuidedInputs& in) {
   p.floor_pass = sp.plausibility.rows != nullptr || sp.plausibility.scalar > 0.0f;
   p.cut = sp.top_k.rows != nullptr || sp.top_k.scalar > 0 || sp.top_p.rows != nullptr || sp.top_p.scalar < 1.0f ||
           sp.min_p.rows != nullptr || sp.min_p.scalar > 0.0f;
+  p.binned = sp.top_p.rows != nullptr || sp.top_p.scalar < 1.0f;
   const size_t cells = static_cast<size_t>(in.batch) * static_cast<size_t>(p.slices);
   const size_t rows = static_cast<size_t>(in.batch), bins = rows * kBins;
   const size_t cut = p.cut ? 1 : 0;  // greedy / plain sampling launches reserve no candidate space
   p.partials = 0;
   p.base_max = align_up(p.partials + cells * sizeof(SlicePartial));
   p.cands = align_up(p.base_max + (p.floor_pass ? cells * sizeof(float) : 0));
-  p.outcomes = align_up(p.cands + cut * cells * kSliceSlots * sizeof(Cand));
+  p.bins = align_up(p.cands + cut * cells * kSliceSlots * sizeof(Cand));
+  p.outcomes = align_up(p.bins + (p.binned ? cells * kSliceBins * sizeof(BinEntry) : 0));
   p.fallback = align_up(p.outcomes + rows * sizeof(RowOutcome));
   p.hist_count = align_up(p.fallback + cut * rows * sizeof(FallbackRow));
   p.hist_mass = align_up(p.hist_count + cut * bins * sizeof(int32_t));
@@ -91,6 +94,7 @@ inline void carve(KernelArgs& a, const Plan& p, void* scratch) {
   a.outcomes = reinterpret_cast<RowOutcome*>(s + p.outcomes);
   if (!p.cut) return;
   a.cands = reinterpret_cast<Cand*>(s + p.cands);
+  a.bins = p.binned ? reinterpret_cast<BinEntry*>(s + p.bins) : nullptr;
   a.fallback = reinterpret_cast<FallbackRow*>(s + p.fallback);
   a.hist_count = reinterpret_cast<int32_t*>(s + p.hist_count);
   a.hist_mass = reinterpret_cast<double*>(s + p.hist_mass);

@@ -5,6 +5,7 @@
 //   select.cuh         exact k-th largest / top-p cut / masses / the race over a set, by bisection
 //   guided_scan.cuh    the one read of the logits: (vocabulary slice, row) blocks
 //   guided_finish.cuh  one block per row: merge, filter, choose; logprobs
+//   guided_bins.cuh    top-p rows: the slices' bin tables (scan) and their merge (finish)
 //   guided_fallback.cuh the bounded fallback: histogram, bin select, gather + race, finish
 //
 // No torch or ATen header here (DESIGN section 6); the host launcher guided_ops_cuda.cpp does the
@@ -15,6 +16,7 @@
 #include <climits>
 
 #include "../common/contract.h"
+#include "guided_bins.cuh"
 #include "guided_fallback.cuh"
 #include "guided_finish.cuh"
 #include "guided_plan.cuh"

@@ -18,7 +18,7 @@
 //     fp64 mass sum of exp(z - slice max), the top-p total's share of the slice.
 #pragma once
 
-#include "guided_common.cuh"
+#include "guided_bins.cuh"
 
 namespace tita::cuda {
 
@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
   constexpr int kPer = kChunks * kVec;
   __shared__ ReduceSmem red;
   __shared__ int slot_count;
+  __shared__ BinSmem bin_smem;
   const int64_t s = blockIdx.x;
   const int64_t vocab = a.in.vocab;
   const int64_t v0 = s * a.slice_len;
@@ -72,16 +73,17 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
     Best top = best_none();  // argmax z (key z), lowest id first
     // Vector path: the loads of chunk k + 1 are issued before chunk k is computed on.
     const bool vec = vector_rows(rp);
-    RawChunk raw[2];
+    RawChunk raw[2] = {};
     if (vec && v0 + static_cast<int64_t>(threadIdx.x) * kVec + kVec <= vocab) {
-      issue_chunk(rp, v0 + static_cast<int64_t>(threadIdx.x) * kVec, raw[0]);
+      issue_chunk(rp, v0 + static_cast<int64_t>(threadIdx.x) * kVec, vocab, raw[0]);
     }
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
       if (k + 1 < kChunks && vec && id0 + static_cast<int64_t>(kThreads) * kVec + kVec <= vocab) {
-        issue_chunk(rp, id0 + static_cast<int64_t>(kThreads) * kVec, raw[(k + 1) & 1]);
+        issue_chunk(rp, id0 + static_cast<int64_t>(kThreads) * kVec, vocab, raw[(k + 1) & 1]);
       }
+      if (vec) realign_chunk(rp, id0, vocab, raw[k & 1]);  // misaligned rows; every lane (shuffles)
       float b[kVec], r[kVec], f[kVec];
       if (vec && id0 + kVec <= vocab) {
         decode_chunk(rp, raw[k & 1], b, r, f);
@@ -126,24 +128,18 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
         const NoiseAddress addr = noise_address(a.noise, row);
         Best mine = top;
         mine.key = __fadd_rn(top.z, gumbel_of(addr, top.id));  // the argmax's key bounds the winner's
+        each_group<kChunks>(v0, z, [&](int64_t g0, const float* zs) {
+          const float gz = fmaxf(fmaxf(zs[0], zs[1]), fmaxf(zs[2], zs[3]));
+          if (gz == TITA_NEG_INF || gz + kGumbelMax < mine.key) return;
+          const Philox4<uint32_t> w = philox_group(addr, g0);
+          const float limit = reach_limit(mine.key - gz);  // for the group's best z: conservative for all 4
 #pragma unroll
-        for (int k = 0; k < kChunks; ++k) {
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int64_t g0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + 4 * q;
-            const float* zs = z + k * kVec + 4 * q;
-            const float gz = fmaxf(fmaxf(zs[0], zs[1]), fmaxf(zs[2], zs[3]));
-            if (gz == TITA_NEG_INF || gz + kGumbelMax < mine.key) continue;
-            const Philox4<uint32_t> w = philox_group(addr, g0);
-            const float limit = reach_limit(mine.key - gz);  // for the group's best z: conservative for all 4
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              if (zs[j] == TITA_NEG_INF || !may_reach(w.x[j], limit)) continue;
-              const Best cand{__fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])), zs[j], static_cast<int32_t>(g0 + j)};
-              if (beats(cand, mine)) mine = cand;
-            }
+          for (int j = 0; j < 4; ++j) {
+            if (zs[j] == TITA_NEG_INF || !may_reach(w.x[j], limit)) continue;
+            const Best cand{__fadd_rn(zs[j], gumbel_from_bits<float>(w.x[j])), zs[j], static_cast<int32_t>(g0 + j)};
+            if (beats(cand, mine)) mine = cand;
           }
-        }
+        });
         part.best = block_reduce(mine, BestOp{}, red);
       }
     }
@@ -152,6 +148,11 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
       continue;
     }
 
+    if (binned_row(c, a)) {  // top-p alone: bin table and bin-sorted candidates (guided_bins.cuh)
+      scan_bins<kPer, kChunks>(a, row, s, c, z, zmax, zmin, bin_smem, part);
+      if (threadIdx.x == 0) gstore(&a.partials[row * a.slices + s], part);
+      continue;
+    }
     // Sparse: hand over every finite z >= theta.
     float tmax = TITA_NEG_INF;
 #pragma unroll

@@ -107,29 +107,96 @@ __device__ __forceinline__ void load_chunk(const RowPtrs& rp, int64_t id0, int64
 
 // The scan's vector path, split in two so that a thread can have the next chunk's loads in flight
 // while it computes on the current one: issue_chunk starts the 16-byte loads of one chunk of every
-// input into registers, decode_chunk turns them into clean fp32 when they are needed. Only for
-// blocks whose rows are all contiguous and 16-byte aligned (vector_rows) and whole chunks.
+// input into registers, decode_chunk turns them into clean fp32 when they are needed. For blocks
+// whose rows are all contiguous (vector_rows) and whole chunks.
+//
+// A row that does not start on a 16-byte boundary (an offset view, an odd width such as 1271 or
+// 32001) is read with the same aligned loads: a thread loads the aligned word(s) that start
+// mis(input) elements before its chunk, and takes the missing last elements from the next lane's
+// first word (a shuffle, realign_chunk); lane 31, and a lane whose neighbour has no whole chunk,
+// load that word themselves (the head is peeled off by the shift: +1 word per 32 chunks).
 struct RawChunk {
   uint4 w[3][2];  // [input][word]: one 16-byte word per 8 ids of a 16-bit dtype, two of fp32
+  uint4 next[3];  // [input]: the aligned word after a misaligned chunk's (lanes that load it)
 };
 
-__device__ __forceinline__ bool vector_row(const RowPtr& r) {
-  return r.p == nullptr || (r.col_stride == 1 && (reinterpret_cast<uintptr_t>(r.p) & 15u) == 0);
-}
-__device__ __forceinline__ bool vector_rows(const RowPtrs& rp) {
-  return vector_row(rp.base) && vector_row(rp.reward) && vector_row(rp.ref);
+// Elements between the row's first element and the 16-byte boundary below it (0: aligned);
+// -1: no vector loads (a column stride, or not element-aligned).
+__device__ __forceinline__ int misalignment(const RowPtr& r) {
+  if (r.p == nullptr) return 0;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(r.p);
+  const int es = elem_size(r.dtype);
+  if (r.col_stride != 1 || at % es != 0) return -1;
+  return static_cast<int>((at & 15u) / es);
 }
 
-__device__ __forceinline__ void issue_one(const RowPtr& r, int64_t id0, uint4* w) {
-  const uint4* p = reinterpret_cast<const uint4*>(r.p + id0 * elem_size(r.dtype));
+__device__ __forceinline__ bool vector_rows(const RowPtrs& rp) {
+  return misalignment(rp.base) >= 0 && misalignment(rp.reward) >= 0 && misalignment(rp.ref) >= 0;
+}
+
+// Whether the thread of chunk id0 loads the word after its own itself (see RawChunk).
+__device__ __forceinline__ bool loads_next_word(int64_t id0, int64_t vocab) {
+  return (threadIdx.x & 31) == 31 || id0 + 2 * kVec > vocab;
+}
+
+__device__ __forceinline__ void issue_one(const RowPtr& r, int64_t id0, bool next, uint4* w, uint4& after) {
+  const int mis = misalignment(r);
+  const uint4* p = reinterpret_cast<const uint4*>(r.p + (id0 - mis) * elem_size(r.dtype));
   w[0] = __ldg(p);
   if (r.dtype == DType::kF32) w[1] = __ldg(p + 1);
+  if (mis > 0 && next) after = __ldg(p + (r.dtype == DType::kF32 ? 2 : 1));
 }
 
-__device__ __forceinline__ void issue_chunk(const RowPtrs& rp, int64_t id0, RawChunk& raw) {
-  issue_one(rp.base, id0, raw.w[0]);
-  issue_one(rp.reward, id0, raw.w[1]);
-  if (rp.ref.p != nullptr) issue_one(rp.ref, id0, raw.w[2]);
+__device__ __forceinline__ void issue_chunk(const RowPtrs& rp, int64_t id0, int64_t vocab, RawChunk& raw) {
+  const bool next = loads_next_word(id0, vocab);
+  issue_one(rp.base, id0, next, raw.w[0], raw.next[0]);
+  issue_one(rp.reward, id0, next, raw.w[1], raw.next[1]);
+  if (rp.ref.p != nullptr) issue_one(rp.ref, id0, next, raw.w[2], raw.next[2]);
+}
+
+// a[i] for a row-uniform i < N, by selects (a dynamic index would put a in local memory).
+template <int N>
+__device__ __forceinline__ uint32_t pick(const uint32_t* a, int i) {
+  uint32_t r = a[0];
+#pragma unroll
+  for (int j = 1; j < N; ++j) r = i == j ? a[j] : r;
+  return r;
+}
+
+__device__ __forceinline__ uint32_t shfl_down_1(uint32_t v) { return __shfl_down_sync(0xFFFFFFFFu, v, 1); }
+
+// Shift one input's words so that they hold ids [id0, id0 + 8): every lane of the warp must call
+// it (shuffles), whether or not its chunk is whole.
+__device__ __forceinline__ void realign_one(const RowPtr& r, bool next, uint4* w, const uint4& after) {
+  const int mis = misalignment(r);
+  if (r.p == nullptr || mis <= 0) return;  // uniform over the block
+  const uint4 nb{shfl_down_1(w[0].x), shfl_down_1(w[0].y), shfl_down_1(w[0].z), shfl_down_1(w[0].w)};
+  const uint4 n = next ? after : nb;
+  if (r.dtype == DType::kF32) {  // 8 own floats and 4 of the next word: take [mis, mis + 8)
+    const uint32_t all[12] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w, n.x, n.y, n.z, n.w};
+    uint32_t o[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = pick<12>(all, j + mis);
+    w[0] = uint4{o[0], o[1], o[2], o[3]};
+    w[1] = uint4{o[4], o[5], o[6], o[7]};
+  } else {  // 8 own halves and 8 of the next word: take halves [mis, mis + 8)
+    const uint32_t all[8] = {w[0].x, w[0].y, w[0].z, w[0].w, n.x, n.y, n.z, n.w};
+    const int q = mis >> 1;
+    uint32_t o[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t lo = pick<8>(all, k + q), hi = pick<8>(all, k + q + 1);
+      o[k] = (mis & 1) ? ((lo >> 16) | (hi << 16)) : lo;
+    }
+    w[0] = uint4{o[0], o[1], o[2], o[3]};
+  }
+}
+
+__device__ __forceinline__ void realign_chunk(const RowPtrs& rp, int64_t id0, int64_t vocab, RawChunk& raw) {
+  const bool next = loads_next_word(id0, vocab);
+  realign_one(rp.base, next, raw.w[0], raw.next[0]);
+  realign_one(rp.reward, next, raw.w[1], raw.next[1]);
+  realign_one(rp.ref, next, raw.w[2], raw.next[2]);
 }
 
 __device__ __forceinline__ void decode_one(DType dtype, const uint4* w, float* out) {

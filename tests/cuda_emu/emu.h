@@ -25,12 +25,16 @@
 #include <thread>
 #include <vector>
 
-#define __global__
+#define __global__ inline  // (block statics of every kernel in COMDAT sections alike: see __shared__)
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
+// Shared memory: every __shared__ variable lives in one section, which the pool fills with a
+// different garbage byte before each block (as a block's shared memory holds leftovers on the GPU:
+// a kernel that reads it before writing it fails here too).
+#define __shared__ __attribute__((section("tita_emu_shared"))) static
+extern "C" unsigned char __start_tita_emu_shared[], __stop_tita_emu_shared[];
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -228,6 +232,8 @@ class Pool {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = dim3(x, y);
+        garbage_ = static_cast<unsigned char>(garbage_ * 5u + 0x3Bu);  // never 0 twice in a row
+        std::memset(__start_tita_emu_shared, garbage_, static_cast<size_t>(__stop_tita_emu_shared - __start_tita_emu_shared));
         start_.arrive_and_wait();
         done_.arrive_and_wait();
       }
@@ -239,6 +245,7 @@ class Pool {
   std::barrier<> start_{kBlock + 1}, done_{kBlock + 1};
   std::function<void()> job_;
   std::atomic<bool> stop_{false};
+  unsigned char garbage_ = 0xA5;
 };
 
 // The pool every emulated launch runs on (TITA_LAUNCH in csrc/cuda/launch.h).
@@ -252,7 +259,13 @@ inline void launch(dim3 grid, const std::function<void()>& body) {
 inline std::atomic<int64_t> loaded{0}, stored{0};
 inline std::vector<int32_t> paths;  // per row: the last RowPath recorded (0: none)
 inline std::atomic<int32_t> path_writes{0};
-inline void count_load(size_t bytes) { loaded.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
+// Bytes loaded by the width of the load: [0] 2-byte, [1] 4-byte, [2] 8-byte, [3] 16-byte, [4] other.
+inline std::atomic<int64_t> loaded_by_width[5];
+inline void count_load(size_t bytes) {
+  loaded.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
+  const int w = bytes == 2 ? 0 : bytes == 4 ? 1 : bytes == 8 ? 2 : bytes == 16 ? 3 : 4;
+  loaded_by_width[w].fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
+}
 inline void count_store(size_t bytes) { stored.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed); }
 inline void trace_path(int64_t row, int32_t path) {
   if (threadIdx.x != 0) return;
@@ -262,6 +275,7 @@ inline void trace_path(int64_t row, int32_t path) {
 inline void reset_counters(int64_t rows) {
   loaded = 0;
   stored = 0;
+  for (auto& w : loaded_by_width) w = 0;
   path_writes = 0;
   paths.assign(static_cast<size_t>(rows), 0);
 }
@@ -277,6 +291,11 @@ inline T __shfl_xor_sync(unsigned mask, T v, int o) {
   return emu::exchange(v, static_cast<int>(threadIdx.x & 31u) ^ o, mask);
 }
 template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned d) {
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  return emu::exchange(v, lane + static_cast<int>(d) < 32 ? lane + static_cast<int>(d) : lane, mask);
+}
+template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned d) {
   const int lane = static_cast<int>(threadIdx.x & 31u);
   return emu::exchange(v, lane >= static_cast<int>(d) ? lane - static_cast<int>(d) : lane, mask);
@@ -287,6 +306,13 @@ inline unsigned atomicMin(unsigned* p, unsigned v) {
   std::atomic_ref<unsigned> a(*p);
   unsigned old = a.load();
   while (v < old && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  std::atomic_ref<unsigned long long> a(*p);
+  unsigned long long old = a.load();
+  while (v > old && !a.compare_exchange_weak(old, v)) {
   }
   return old;
 }

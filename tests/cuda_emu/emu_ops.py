@@ -72,18 +72,22 @@ def build(threads: int = THREADS) -> ctypes.CDLL:
 
 
 # RowPath codes (csrc/cuda/guided_common.cuh) and the reads of its row each path makes.
-PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status"}
-READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1}  # general: unbounded
+PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status", 7: "bins"}
+READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1, "bins": 1}  # general: unbounded
 
 
 class Cost(NamedTuple):
     """What the last emulated call cost: global-memory bytes loaded and stored, the path of each
-    row (int32 [B], PATHS codes) and the plan's chunks per thread."""
+    row (int32 [B], PATHS codes), the plan's chunks per thread and the bytes loaded per load width."""
 
     loaded: int
     stored: int
     paths: torch.Tensor
     chunks: int
+    widths: tuple[int, ...]  # bytes loaded by 2-, 4-, 8-, 16-byte loads and others
+
+    def loaded_by_width(self, width: int) -> int:
+        return self.widths[{2: 0, 4: 1, 8: 2, 16: 3}[width]]
 
     def path_names(self) -> list[str]:
         return [PATHS.get(int(p), "none") for p in self.paths]
@@ -127,8 +131,10 @@ def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int
     loaded, stored = ctypes.c_int64(), ctypes.c_int64()
     paths = torch.zeros(batch, dtype=torch.int32)
     build(threads).emu_counters(ctypes.byref(loaded), ctypes.byref(stored), _ptr(paths), ctypes.c_int64(batch))
+    widths = (ctypes.c_int64 * 5)()
+    build(threads).emu_load_widths(widths)
     global last_cost
-    last_cost = Cost(loaded.value, stored.value, paths, chunks)
+    last_cost = Cost(loaded.value, stored.value, paths, chunks, tuple(widths))
     return (tokens, logprob, token_reward, status), out
 
 

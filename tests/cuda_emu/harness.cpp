@@ -83,6 +83,11 @@ void emu_counters(int64_t* loaded, int64_t* stored, int32_t* paths, int64_t rows
   for (int64_t r = 0; r < rows && static_cast<size_t>(r) < emu::paths.size(); ++r) paths[r] = emu::paths[r];
 }
 
+// Bytes the last emu_guided call loaded, by load width: out[0..4] = 2, 4, 8, 16 bytes, other.
+void emu_load_widths(int64_t* out) {
+  for (int i = 0; i < 5; ++i) out[i] = emu::loaded_by_width[i].load();
+}
+
 // Probes of the emulation's warp checks (each aborts the process with a message; tests run them
 // in a subprocess). kind 0: lane 5 shuffles with a mask that excludes it; 1: only the lower half
 // of warp 0 shuffles (a divergent shuffle); 2: lanes disagree on the mask.
@@ -98,6 +103,19 @@ void emu_warp_probe(int kind) {
       __shfl_xor_sync(lane < 16 ? 0x0000FFFFu : 0xFFFFFFFFu, 1.0f, 1);
     }
   });
+}
+
+// What a block finds in shared memory before writing it (out[block], 3 blocks): the emulation's
+// garbage, different for every block (a kernel relying on zeroed or leftover shared memory fails).
+__global__ void shared_probe_kernel(int32_t* out) {  // __global__: its block statics sit with the kernels'
+  __shared__ int32_t word;
+  if (threadIdx.x == 0) out[blockIdx.x] = word;
+  __syncthreads();
+  if (threadIdx.x == 0) word = 0;
+}
+
+void emu_shared_probe(int32_t* out) {
+  emu::launch(dim3(3), [&] { shared_probe_kernel(out); });
 }
 
 // The race's noise skipping must be conservative: over every uniform the noise can take
