@@ -32,7 +32,6 @@ Slow on a CPU (about 1-2 minutes per seed and variant on one thread); nothing is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 from typing import Callable
@@ -42,6 +41,7 @@ from PIL import Image
 
 from tita_ext.demo import stages
 from tita_ext.demo.recipe import DemoRecipe
+from tita_ext.eval.pope import pope_metrics
 from tita_ext.safe_write import write_text
 from tita_ext.tiny_models import tiny_llava_processor
 from tita_ext.training.pairs import PreferencePair, build_pairs, greedy_answers
@@ -54,10 +54,9 @@ BLANK = (128, 128, 128)
 
 
 def f1(say_yes: torch.Tensor, is_yes: torch.Tensor) -> float:
-    """POPE F1 (0-100) of bool answers against bool labels."""
-    tp = int((say_yes & is_yes).sum())
-    wrong = int((say_yes ^ is_yes).sum())
-    return round(200.0 * tp / max(1, 2 * tp + wrong), 1)
+    """POPE F1 (0-100, tita_ext.eval.pope_metrics) of bool answers against bool labels."""
+    words = lambda flags: ["yes" if flag else "no" for flag in flags.tolist()]  # noqa: E731
+    return round(pope_metrics(words(is_yes), words(say_yes))["f1"], 1)
 
 
 class Probe:
@@ -135,8 +134,7 @@ def probe_seed(seed_dir: pathlib.Path, variants: list[str], pair_scenes: int) ->
     """Every figure of the module docstring for one seed: {part: {...}} plus pair counts."""
     probe = Probe(seed_dir)
     models = {name: stages.load_model(pathlib.Path(probe.record["models"][name])) for name in ("base", "reward_sft")}
-    recipe = dataclasses.replace(DemoRecipe(**_recipe_fields(seed_dir)), seeds=(probe.record["seed"],))
-    recipe = recipe.for_seed(probe.record["seed"])
+    recipe = DemoRecipe(**_recipe_fields(seed_dir)).for_seed(probe.record["seed"])
     base, sft = ({part: probe.margins(models[name], part) for part in probe.sets} for name in ("base", "reward_sft"))
     result: dict = {part: {"base": f1(base[part] > 0, probe.labels(part))} for part in probe.sets}
     for part in probe.sets:

@@ -37,3 +37,22 @@ def test_f1_counts_like_pope(probe):
     said = torch.tensor([True, True, False, False])
     truth = torch.tensor([True, False, True, False])
     assert probe.f1(said, truth) == 50.0  # tp 1, fp 1, fn 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "noise,shuffled"], "unknown variant 'shuffled'"),
+    ([], "give a demo output folder"),
+])
+def test_bad_arguments_are_named(argv, message):
+    import subprocess
+    import sys
+
+    extra = ["some-folder"] if argv else []
+    done = subprocess.run([sys.executable, str(PROBE), *extra, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_unknown_pair_variant_is_refused(probe):
+    with pytest.raises(ValueError, match="unknown variant 'x': choose from noise, blank, errors, labels"):
+        probe.pair_builder("x", None, probe.DemoRecipe(), 1)
