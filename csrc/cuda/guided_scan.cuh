@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
       part.n_cands = n;
       if (threadIdx.x == 0) slot_count = 0;
       __syncthreads();
-      Cand* out = a.cands + (row * a.slices + s) * kSliceSlots;
+      Cand* out = a.cands + (row * a.slices + s) * a.cand_slots;
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
         if (z[i] != TITA_NEG_INF && z[i] >= theta) {
