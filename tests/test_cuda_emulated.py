@@ -262,6 +262,31 @@ def test_emulated_misaligned_rows_use_vector_loads(dtype):
                 assert cost.loaded_by_width(2) <= 0.01 * input_bytes, (cost.widths, input_bytes)
 
 
+def test_emulated_misaligned_re_reads_use_vector_loads():
+    """The passes that read a row again (the fallback's histogram and gather, the plausibility
+    floor's base pass, guided_logprobs' write) read misaligned rows (offset views, width 1271) with
+    the scan's aligned, shifted 16-byte loads too: exact results, and 2-byte element loads (partial
+    last chunks, the chosen tokens' logits) carry at most 1.5% of the logits' bytes, on calls whose
+    rows are read 1.5 to 3 times (16-byte loads carry at least that many times the inputs' bytes)."""
+    big_b = llm_logits(2, 32010, torch.bfloat16, seed=61)
+    big_r = llm_logits(2, 32010, torch.bfloat16, seed=62)
+    cases = [(big_b[:, 3:32004], big_r[:, 5:32006]),
+             (llm_logits(4, 1271, torch.bfloat16, seed=63), llm_logits(4, 1271, torch.bfloat16, seed=64))]
+    fallback = dict(temperature=1.0, top_p=0.999)  # the cut below every table: histogram + gather re-reads
+    for base, reward in cases:
+        input_bytes = 2 * base.shape[0] * base.shape[1] * 2
+        for run, reads in ((lambda: compare(base, reward, None, fallback, seed=2), 3),
+                           (lambda: compare(base, reward, None, dict(temperature=0.7, plausibility=0.3), seed=2,
+                                            sm_count=1), 1.5),
+                           (lambda: compare_logprobs(base, reward, None, fallback), 4)):
+            run()
+            cost = emu_ops.last_cost
+            if reads >= 3:
+                assert cost.path_names() == ["histogram"] * base.shape[0], cost.path_names()
+            assert cost.loaded_by_width(16) >= 0.97 * reads * input_bytes, (cost.widths, input_bytes)
+            assert cost.loaded_by_width(2) <= 0.015 * cost.loaded_by_width(16), cost.widths
+
+
 def test_noise_skipping_is_exact():
     """The dense race skips the logs of noise words that cannot lift a score by `need`
     (row_load.cuh reach_limit): never one whose Gumbel noise would reach it, for any need."""

@@ -36,13 +36,13 @@ __device__ __forceinline__ int bin_of(const FallbackRow& fb, float z) {
 template <int kChunks, class F>
 __device__ __forceinline__ void each_slice_z(const KernelArgs& a, int64_t row, int64_t slice, const ZParams& zp, F f) {
   const RowPtrs rp = row_ptrs(a.in, row);
+  const bool vec = vector_rows(rp);
   const int64_t v0 = slice * a.slice_len;
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
     const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
-    if (id0 >= a.in.vocab) continue;
     float b[kVec], r[kVec], fr[kVec];
-    load_chunk(rp, id0, a.in.vocab, b, r, fr);
+    read_chunk(rp, vec, id0, a.in.vocab, b, r, fr);  // every lane (-inf beyond the vocabulary)
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       const float z = guided_z(zp, b[j], r[j], fr[j]);

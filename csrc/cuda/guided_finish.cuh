@@ -524,20 +524,17 @@ __global__ void __launch_bounds__(kThreads) write_logprobs_kernel(KernelArgs a) 
       zp = z_params(row_config(a, row), o.floor);
       rp = row_ptrs(a.in, row);
     }
+    const bool vec = ok && vector_rows(rp);
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
-      if (id0 >= a.out_width) continue;
       float v[kVec];
-      if (!ok) {
+      if (!ok) {  // uniform over the block
 #pragma unroll
         for (int j = 0; j < kVec; ++j) v[j] = NAN;
-      } else if (id0 >= a.in.vocab) {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) v[j] = TITA_NEG_INF;
       } else {
         float b[kVec], r[kVec], f[kVec];
-        load_chunk(rp, id0, a.in.vocab, b, r, f);
+        read_chunk(rp, vec, id0, a.in.vocab, b, r, f);  // every lane (-inf beyond the vocabulary)
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
           const float z = guided_z(zp, b[j], r[j], f[j]);
