@@ -16,7 +16,11 @@
 //   * one value in every slice (min == max, ties): the reference keeps every tie of the cut
 //     value, so the whole bin is kept: tau = that value, decided by the entries alone;
 //   * otherwise its elements, handed over by every slice (else the fallback), are gathered
-//     (kRowCands at most), sorted, and the cut found in sorted order as the reference does.
+//     (kRowCands at most), sorted, and the cut found in sorted order as the reference does;
+//   * more than kRowCands of them (a nucleus of a third of a 256000-id row): the fallback's two
+//     kernels resolve the bin from the handed-over elements (kFallbackCutBin, guided_fallback.cuh):
+//     a histogram of kBins sub-bins over the bin's values, the sub-bin of the cut, then a gather
+//     of that sub-bin (and the race over the elements above it); the row is not re-read.
 // A cut bin below a slice's table (more than kSliceBins / kBinsPerNat nats under that slice's top
 // while the slice has elements there) or not handed over goes to the bounded fallback.
 #pragma once
@@ -35,10 +39,13 @@ __device__ __forceinline__ bool binned_row(const RowConfig& c, const KernelArgs&
   return a.bins != nullptr && c.top_k == 0 && c.top_p < 1.0f && c.log_min_p == TITA_NEG_INF;
 }
 
-// Candidates a slice of binned rows may hand over (bins from the top while they fit).
-__device__ __forceinline__ int bin_slots(int64_t slice_len) {
-  const int64_t share = slice_len / 8;
-  return static_cast<int>(share < kSliceSlots ? share : kSliceSlots);
+// Candidates a slice of binned rows may hand over (bins from the top while they fit): half the
+// slice (the launch reserves that many slots, guided_plan.cuh), so that a nucleus of a third of
+// the row and its cut bin are handed over (8-byte elements for at most half the ids: at most the
+// bytes of two bf16 rows stored).
+__device__ __forceinline__ int bin_slots(const KernelArgs& a) {
+  const int64_t share = a.slice_len / 2;
+  return static_cast<int>(share < a.cand_slots ? share : a.cand_slots);
 }
 
 __device__ __forceinline__ double abs_bin(float z) { return floor(static_cast<double>(z) * kBinsPerNat); }
@@ -53,6 +60,17 @@ __device__ __forceinline__ Best unpack_best(unsigned long long w) {
   if (w == 0ull) return best_none();
   const float key = from_okey(static_cast<uint32_t>(w >> 32));
   return Best{key, key, static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(w))};  // z: see winner_z
+}
+
+// A binned slice's hand-over in its cand_slots x 8 bytes: the z, then the ids (the passes over
+// a large cut bin, guided_fallback.cuh, read the z alone and an id only where they need it).
+struct Handover {
+  float* z;
+  int32_t* id;
+};
+__device__ __forceinline__ Handover handover(const KernelArgs& a, int64_t row, int64_t s) {
+  float* z = reinterpret_cast<float*>(a.cands + (row * a.slices + s) * a.cand_slots);
+  return Handover{z, reinterpret_cast<int32_t*>(z + a.cand_slots)};
 }
 
 // The slice's shared-memory table while the scan fills it.
@@ -125,7 +143,7 @@ __device__ __forceinline__ void scan_bins(const KernelArgs& a, int64_t row, int6
   if (threadIdx.x == 0) {
     const double lowest = top - abs_bin(zmin);
     sm.entries = lowest < kSliceBins ? static_cast<int>(lowest) + 1 : kSliceBins;
-    const int slots = bin_slots(a.slice_len);
+    const int slots = bin_slots(a);
     double m = 0.0;
     int n = 0, handed = 0;
     unsigned long long w = 0ull;
@@ -144,7 +162,7 @@ __device__ __forceinline__ void scan_bins(const KernelArgs& a, int64_t row, int6
   __syncthreads();
   const int handed = sm.handed, entries = sm.entries;
   // Hand over the elements of the top `handed` bins, grouped by bin.
-  Cand* out = a.cands + (row * a.slices + s) * kSliceSlots;
+  const Handover out = handover(a, row, s);
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     if (z[i] == TITA_NEG_INF) continue;
@@ -152,7 +170,9 @@ __device__ __forceinline__ void scan_bins(const KernelArgs& a, int64_t row, int6
     if (e < 0 || e >= handed) continue;
     const int k = i / kVec, j = i % kVec;
     const int64_t id = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec + j;
-    gstore(&out[sm.start[e] + atomicAdd(&sm.fill[e], 1)], Cand{z[i], static_cast<int32_t>(id)});
+    const int at = sm.start[e] + atomicAdd(&sm.fill[e], 1);
+    gstore(&out.z[at], z[i]);
+    gstore(&out.id[at], static_cast<int32_t>(id));
   }
   BinEntry* table = a.bins + (row * a.slices + s) * kSliceBins;
   for (int i = threadIdx.x; i < entries; i += kThreads) {
@@ -316,7 +336,11 @@ __device__ __forceinline__ bool finish_binned(const KernelArgs& a, int64_t row, 
     res.log_norm = zmax + static_cast<float>(log(through));
     res.best = unpack_best(win_through);
   } else {
-    if (not_handed > 0 || n_bin > kRowCands) return false;
+    if (not_handed > 0) return false;
+    if (n_bin > kRowCands) {  // the fallback's kernels split the bin (start_fallback: kFallbackCutBin)
+      res.refine = RefineBin{true, cut, above, total, win_above, n_bin, from_okey(klo), from_okey(khi)};
+      return false;
+    }
     // Gather the cut bin's elements (each slice's are contiguous: the hand-over is bin-sorted).
     if (threadIdx.x == 0) *n_cands = 0;
     __syncthreads();
@@ -325,9 +349,9 @@ __device__ __forceinline__ bool finish_binned(const KernelArgs& a, int64_t row, 
       const SliceAtBin t = slice_at_bin(a, row, s, p, cut, false);
       const int n = t.n_through - t.n_above;
       if (n <= 0) continue;
-      const Cand* from = a.cands + (row * a.slices + s) * kSliceSlots + t.n_above;
+      const Handover from = handover(a, row, s);
       const int at = atomicAdd(n_cands, n);
-      for (int i = 0; i < n; ++i) cands[at + i] = gload(&from[i]);
+      for (int i = 0; i < n; ++i) cands[at + i] = Cand{gload(&from.z[t.n_above + i]), gload(&from.id[t.n_above + i])};
     }
     __syncthreads();
     bitonic_sort(cands, n_bin);

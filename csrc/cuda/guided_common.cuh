@@ -11,6 +11,9 @@
 //              gather + race (re-read 2), finish of the fallback rows; blocks of other rows exit;
 //   write      guided_logprobs only: the [B, width] log-probabilities.
 //
+// A top-p row whose cut bin (guided_bins.cuh) holds more elements than the finish keeps uses the
+// fallback's two kernels too, but over the cut bin's handed-over elements, not the row
+// (kFallbackCutBin): its row is read once.
 // Every path reads a row at most 3 times (scan + 2 re-reads), spread over the row's slices; the
 // one exception, kept for exactness, is a row whose cut bin holds more than kGather distinct
 // values (see guided_fallback.cuh): the single-block exact search (finish_general), which the
@@ -29,7 +32,8 @@ constexpr int kBigChunks = 3;        // 8-id chunks per thread of the large-work
 constexpr int kMaxTopK = 256;        // fast path: top-k up to this (one thread maximum per kept rank)
 constexpr int kRowCandTarget = 2048; // candidates a row's slices aim to hand over in all (top-p, min-p, big k)
 constexpr int kMinSliceCands = 16;   // ... but at least this many per slice
-constexpr int kSliceSlots = 512;     // candidates one slice may hand over (more: refined, else fallback)
+constexpr int kSliceSlots = 512;     // candidates one slice may hand over (more: refined, else fallback);
+                                     // launches with top-p-only rows: slice_len / 2 (guided_plan.cuh)
 constexpr int kRowCands = 4096;      // candidates the finish holds in shared memory (more: fallback)
 constexpr int kMaxSlices = 2048;     // slices per row the finish can prefix-sum (more: fallback)
 constexpr int kBins = 2048;          // fallback histogram bins per row (linear in z over [zmin, zmax])
@@ -37,6 +41,8 @@ constexpr int kGather = kRowCands;   // fallback: elements of the cut bins gathe
 constexpr int kCoarseBins = 256;     // finish: histogram of the candidates when more than kRowCands pass T
 constexpr int kHistSlices = 8;       // fallback histogram: slices per block (fewer global flushes)
 constexpr int kSliceBins = 64;       // binned rows: bin-table entries per slice (guided_bins.cuh)
+constexpr int kCutSubBins = 256;     // kFallbackCutBin rows: histogram bins over the cut bin's values
+constexpr int kCutPerWorker = 4096;  // ... and its elements per block of the two passes
 
 // Which path decided a row (the CPU emulation records it; tests bound the re-reads per path).
 enum RowPath : int32_t {
@@ -47,6 +53,8 @@ enum RowPath : int32_t {
   kPathGeneral = 5,    // the single-block exact search (unbounded re-reads)
   kPathStatus = 6,     // bad parameter / no finite / overflow decided by the scan (1 read)
   kPathBins = 7,       // top-p alone: the slices' bin tables (+ the cut bin's candidates) decided it (1 read)
+  kPathBinsRefined = 8,// top-p alone, a cut bin of > kRowCands elements: histogram + gather of its
+                       // handed-over elements (kFallbackCutBin; 1 read of the row)
 };
 
 // What the scan of one (slice, row) leaves for the finish.
@@ -91,6 +99,8 @@ enum FallbackKind : int32_t {
   kFallbackThreshold = 1,  // the threshold is known (tau_min): one race pass
   kFallbackHistogram = 2,  // histogram pass, then gather + race
   kFallbackGeneral = 3,    // the cut bins hold more than kGather distinct values: finish_general
+  kFallbackCutBin = 4,     // top-p alone: histogram, then gather + race, over the elements of the bin
+                           // table's cut bin that the slices handed over (the row is not re-read)
 };
 
 struct FallbackRow {
@@ -99,9 +109,15 @@ struct FallbackRow {
   float tau_min;         // threshold known before the passes (min-p, or a tied cut bin); -inf: none
   double scale;          // bins per unit of z: bin(z) = min(kBins - 1, (z - zmin) * scale)
   int32_t b_lo, b_hi;    // gathered bins [b_lo, b_hi]; elements above b_hi are allowed (b_hi = -1: none gathered)
-  int32_t count_above;   // elements in bins above b_hi
-  double mass_above;     // their mass (fp64 exp(z - zmax))
-  double total;          // top-p total over the whole row (histogram path without top-k)
+  int32_t count_above;   // elements in bins above b_hi (kFallbackCutBin: in the cut bin; no top-k there)
+  double mass_above;     // their mass (fp64 exp(z - zmax)); kFallbackCutBin: plus mass_base
+  double total;          // top-p total over the whole row (histogram path without top-k; set by the
+                         // finish for kFallbackCutBin)
+  double cut_bin;        // kFallbackCutBin: the table's cut bin (absolute, guided_bins.cuh); the histogram
+                         // spans [zmin, zmin + kBins / scale] = its values
+  double mass_base;      // kFallbackCutBin: mass of the bins above the cut bin (allowed); 0 otherwise
+  unsigned long long win_base;  // kFallbackCutBin: their race winner (pack_best, guided_bins.cuh)
+  int32_t workers;       // kFallbackCutBin: blocks of each pass that work (slices split among them)
   int32_t k_active;      // top-k applies (k <= the finite ids)
   int32_t histogram;     // the histogram pass ran (a tied cut bin turns the row into kFallbackThreshold)
   int32_t n_gathered;
@@ -122,7 +138,8 @@ struct KernelArgs {
   int64_t slices;         // slices of the shared range
   SlicePartial* partials; // [batch, slices]
   float* base_max;        // [batch, slices]; nullptr: no plausibility floor in this launch
-  Cand* cands;            // [batch, slices, kSliceSlots]; nullptr: no filtered rows in this launch
+  Cand* cands;            // [batch, slices, cand_slots]; nullptr: no filtered rows in this launch
+  int64_t cand_slots;     // candidate slots per (row, slice): kSliceSlots, more with top-p-only rows
   BinEntry* bins;         // [batch, slices, kSliceBins]; nullptr: no top-p rows in this launch
   RowOutcome* outcomes;   // [batch] (guided_logprobs)
   FallbackRow* fallback;  // [batch]; nullptr with cands

@@ -14,11 +14,15 @@
 // Two launches, whose blocks of rows the finish decided exit at once.
 // Rows whose threshold is known without a histogram (min-p alone; a tied cut bin) skip the first
 // pass. A cut range of more than kGather distinct values takes finish_general (RowPath::kGeneral).
+// kFallbackCutBin rows (top-p alone, a bin-table cut bin of more than kRowCands elements,
+// guided_bins.cuh) take both passes over the cut bin's handed-over elements instead of the row:
+// the histogram's bins split the cut bin's value range, the bins above it are the tables' (mass
+// and race winner per slice), and the row is read once in all (RowPath::kBinsRefined).
 #pragma once
 
 #include <climits>
 
-#include "guided_finish.cuh"
+#include "guided_bins.cuh"
 
 namespace tita::cuda {
 
@@ -32,13 +36,13 @@ __device__ __forceinline__ int bin_of(const FallbackRow& fb, float z) {
 template <int kChunks, class F>
 __device__ __forceinline__ void each_slice_z(const KernelArgs& a, int64_t row, int64_t slice, const ZParams& zp, F f) {
   const RowPtrs rp = row_ptrs(a.in, row);
+  const bool vec = vector_rows(rp);
   const int64_t v0 = slice * a.slice_len;
 #pragma unroll
   for (int k = 0; k < kChunks; ++k) {
     const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
-    if (id0 >= a.in.vocab) continue;
     float b[kVec], r[kVec], fr[kVec];
-    load_chunk(rp, id0, a.in.vocab, b, r, fr);
+    read_chunk(rp, vec, id0, a.in.vocab, b, r, fr);  // every lane (-inf beyond the vocabulary)
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       const float z = guided_z(zp, b[j], r[j], fr[j]);
@@ -47,9 +51,52 @@ __device__ __forceinline__ void each_slice_z(const KernelArgs& a, int64_t row, i
   }
 }
 
-// The row's fallback state, loaded once per block (thread 0) and shared.
+// [first, end) of slice s's handed-over elements in the cut bin (the hand-over is sorted by bin;
+// finish_binned checked that every slice handed its share over): its table's suffix counts.
+__device__ __forceinline__ int2 cut_range(const KernelArgs& a, int64_t row, int64_t s, double cut) {
+  const SlicePartial* p = a.partials + row * a.slices + s;
+  const float zmax = gload(&p->zmax);
+  if (zmax == TITA_NEG_INF || cut > abs_bin(zmax)) return int2{0, 0};
+  const double i = abs_bin(zmax) - cut;
+  if (!(i < gload(&p->bins))) return int2{0, 0};  // below the slice's table: it has nothing there
+  const BinEntry* t = a.bins + (row * a.slices + s) * kSliceBins + static_cast<int>(i);
+  return int2{i > 0.0 ? gload(&t[-1].cum_count) : 0, gload(&t->cum_count)};
+}
+
+// f(z, id_of) for the cut bin's handed-over elements of this block's share of the slices
+// (kFallbackCutBin rows; block w < fb.workers); id_of() loads the element's id.
+template <class F>
+__device__ __forceinline__ void each_cut_z(const KernelArgs& a, int64_t row, const FallbackRow& fb, F f) {
+  __shared__ int2 range;
+  const int64_t per = (a.slices + fb.workers - 1) / fb.workers;
+  const int64_t s0 = blockIdx.x * per, s1 = s0 + per < a.slices ? s0 + per : a.slices;
+  for (int64_t s = s0; s < s1; ++s) {
+    if (threadIdx.x == 0) range = cut_range(a, row, s, fb.cut_bin);
+    __syncthreads();
+    const int2 r = range;
+    __syncthreads();  // range is overwritten for the next slice
+    const Handover h = handover(a, row, s);
+    for (int i = r.x + static_cast<int>(threadIdx.x); i < r.y; i += kThreads) {
+      const int32_t* id = h.id + i;
+      f(gload(&h.z[i]), [id] { return static_cast<int64_t>(gload(id)); });
+    }
+  }
+}
+
+// The row's fallback state, loaded once per block (thread 0) and shared; active = kFallbackNone
+// when this block has nothing to do for the row (decided rows, cut-bin blocks beyond the workers:
+// their state is not loaded past the word that says so).
 __device__ __forceinline__ FallbackRow load_fallback(const KernelArgs& a, int64_t row, FallbackRow& shared) {
-  if (threadIdx.x == 0) shared = gload(&a.fallback[row]);
+  if (threadIdx.x == 0) {
+    const FallbackRow* g = &a.fallback[row];
+    const int32_t active = gload(&g->active);
+    const bool idle = active == kFallbackNone || (active == kFallbackCutBin && !(blockIdx.x < gload(&g->workers)));
+    if (idle) {
+      shared.active = kFallbackNone;
+    } else {
+      shared = gload(g);
+    }
+  }
   __syncthreads();
   const FallbackRow fb = shared;
   __syncthreads();  // shared is overwritten by the next row
@@ -133,15 +180,18 @@ __device__ __forceinline__ void select_row(const KernelArgs& a, int64_t row, Fal
       double m_k = 0.0, own_k = 0.0;
       int n_k = 0;
       above(ik, m_k, n_k, own_k);
-      // The top-p total: the whole row, or (top-k) the mass >= the k-th largest, known up to its bin.
+      // The top-p total: the whole row, or (top-k) the mass >= the k-th largest, known up to its
+      // bin; a cut-bin row's from the finish (its histogram holds the cut bin only, the bins above
+      // it add mass_base).
       const bool use_k = fb.k_active != 0;
-      const double lo_t = static_cast<double>(c.top_p) * (use_k ? m_k : m_all);
-      const double hi_t = static_cast<double>(c.top_p) * (use_k ? m_k + own_k : m_all);
-      const int i_hi = first_reaching<double>(ms, m_before, lo_t, cnt, red);
-      const int i_lo = first_reaching<double>(ms, m_before, hi_t, cnt, red);
+      const double row_total = fb.active == kFallbackCutBin ? fb.total : m_all;
+      const double lo_t = static_cast<double>(c.top_p) * (use_k ? m_k : row_total);
+      const double hi_t = static_cast<double>(c.top_p) * (use_k ? m_k + own_k : row_total);
+      const int i_hi = first_reaching<double>(ms, fb.mass_base + m_before, lo_t, cnt, red);
+      const int i_lo = first_reaching<double>(ms, fb.mass_base + m_before, hi_t, cnt, red);
       i_top = i_hi < ik ? i_hi : ik;
       i_bot = use_k ? ik : (i_lo < ik ? i_lo : ik);
-      fb.total = m_all;
+      fb.total = row_total;
     }
     double m_above = 0.0, own = 0.0;
     int n_above = 0;
@@ -153,14 +203,14 @@ __device__ __forceinline__ void select_row(const KernelArgs& a, int64_t row, Fal
     fb.b_hi = kBins - 1 - i_top;
     fb.b_lo = kBins - 1 - i_bot;
     fb.count_above = n_above;
-    fb.mass_above = m_above;
+    fb.mass_above = fb.mass_base + m_above;
     fb.n_gathered = 0;
     if (n_range > kGather) {
       const uint32_t klo = gload_l2(&a.hist_lo[row * kBins + fb.b_lo]), khi = gload_l2(&a.hist_hi[row * kBins + fb.b_lo]);
       if (fb.b_lo == fb.b_hi && klo == khi) {  // one value: the cut is that value, ties all kept
         fb.tau_min = fmaxf(fb.tau_min, from_okey(klo));
         fb.b_lo = fb.b_hi = -1;
-        fb.active = kFallbackThreshold;
+        if (fb.active != kFallbackCutBin) fb.active = kFallbackThreshold;  // (cut-bin rows: z >= tau_min of the bin)
         fb.histogram = 1;
       } else {
         fb.active = kFallbackGeneral;
@@ -203,15 +253,17 @@ __device__ __forceinline__ void finish_row(const KernelArgs& a, int64_t row, con
     RowResult res;
     bool general = fb.active == kFallbackGeneral;
     if (!general) {
+      const bool cut_bin = fb.active == kFallbackCutBin;
       Best best = best_none();
       double norm = 0.0;
-      for (int64_t i = threadIdx.x; i < a.slices; i += kThreads) {
+      const int64_t parts = cut_bin ? fb.workers : a.slices;
+      for (int64_t i = threadIdx.x; i < parts; i += kThreads) {
         const RacePartial p = gload_l2(&a.race[row * a.slices + i]);
         if (beats(p.best, best)) best = p.best;
         norm += p.norm;
       }
       float tau = fb.tau_min;
-      if (fb.active == kFallbackHistogram) {
+      if (fb.active == kFallbackHistogram || (fb.active == kFallbackCutBin && fb.b_hi >= 0)) {
         const int gathered = gload_l2(&a.fallback[row].n_gathered);
         const int n = gathered < kGather ? gathered : kGather;
         for (int i = threadIdx.x; i < n; i += kThreads) cands[i] = gload_l2(&a.gathered[row * kGather + i]);
@@ -230,12 +282,23 @@ __device__ __forceinline__ void finish_row(const KernelArgs& a, int64_t row, con
       }
       if (!general) {
         res.best = block_reduce(best, BestOp{}, red);
+        norm = block_reduce(norm, SumDoubleOp{}, red);
+        if (cut_bin) {  // the bins above the cut bin: allowed, their mass and winner from the tables
+          const Best w = unpack_best(fb.win_base);
+          if (beats(w, res.best)) res.best = w;
+          norm += fb.mass_base;
+        }
         res.tau = tau;
-        res.log_norm = fb.zmax + static_cast<float>(log(block_reduce(norm, SumDoubleOp{}, red)));
+        res.log_norm = fb.zmax + static_cast<float>(log(norm));
         res.floor = fb.floor;
         res.lse_r = fb.lse_r;
         res.lse_f = fb.lse_f;
-        TITA_TRACE_PATH(row, fb.active == kFallbackHistogram || fb.histogram ? kPathHistogram : kPathThreshold);
+        // A winner from a bin table is known by its race key and id: its z from the logits.
+        if (cut_bin && a.choose && res.best.id >= 0 && threadIdx.x == 0) {
+          res.best.z = winner_z(a, row, c, fb.floor, res.best.id);
+        }
+        TITA_TRACE_PATH(row, cut_bin ? kPathBinsRefined
+                                     : (fb.active == kFallbackHistogram || fb.histogram ? kPathHistogram : kPathThreshold));
       }
     }
     if (general) {
@@ -263,24 +326,30 @@ __global__ void __launch_bounds__(kThreads) fallback_gather_kernel(KernelArgs a)
     const NoiseAddress addr = a.choose && !c.greedy ? noise_address(a.noise, row) : NoiseAddress{0, 0, 0};
     Best mine = best_none();
     double norm = 0.0;
-    each_slice_z<kChunks>(a, row, blockIdx.x, zp, [&](float z, int64_t id) {
+    auto visit = [&](float z, auto id_of) {  // id_of(): the element's id (a load for cut-bin rows)
       if (fb.b_hi >= 0) {
         const int b = bin_of(fb, z);
         if (b < fb.b_lo) return;
         if (b <= fb.b_hi) {
           const int at = gatomic_add(&a.fallback[row].n_gathered, 1);
-          if (at < kGather) gstore(&a.gathered[row * kGather + at], Cand{z, static_cast<int32_t>(id)});
+          if (at < kGather) gstore(&a.gathered[row * kGather + at], Cand{z, static_cast<int32_t>(id_of())});
           return;
         }
       }
       if (z < fb.tau_min) return;
       norm += exp(static_cast<double>(__fsub_rn(z, fb.zmax)));
-      if (a.choose) race_enter(mine, z, id, c.greedy, addr);
-    });
+      if (a.choose) race_enter(mine, z, id_of(), c.greedy, addr);
+    };
+    const bool cut_bin = fb.active == kFallbackCutBin;  // uniform over the block
+    if (cut_bin) {
+      each_cut_z(a, row, fb, visit);
+    } else {
+      each_slice_z<kChunks>(a, row, blockIdx.x, zp, [&](float z, int64_t id) { visit(z, [id] { return id; }); });
+    }
     mine = block_reduce(mine, BestOp{}, red);
     norm = block_reduce(norm, SumDoubleOp{}, red);
     if (threadIdx.x == 0) gstore(&a.race[row * a.slices + blockIdx.x], RacePartial{mine, norm});
-    if (last_to_arrive(&a.tickets[2 * row + 1], gridDim.x)) finish_row(a, row, fb);
+    if (last_to_arrive(&a.tickets[2 * row + 1], cut_bin ? fb.workers : gridDim.x)) finish_row(a, row, fb);
     __syncthreads();
   }
 }
@@ -293,7 +362,7 @@ __global__ void __launch_bounds__(kThreads) fallback_hist_kernel(KernelArgs a) {
   __shared__ FallbackRow shared;
   for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
     const FallbackRow fb = load_fallback(a, row, shared);
-    if (fb.active != kFallbackHistogram) continue;
+    if (fb.active != kFallbackHistogram && fb.active != kFallbackCutBin) continue;
     for (int i = threadIdx.x; i < kBins; i += kThreads) {
       count[i] = 0;
       mass[i] = 0.0;
@@ -303,14 +372,18 @@ __global__ void __launch_bounds__(kThreads) fallback_hist_kernel(KernelArgs a) {
     __syncthreads();
     const ZParams zp = z_params(row_config(a, row), fb.floor);
     const int64_t s_end = (blockIdx.x + 1) * int64_t{kHistSlices};
-    for (int64_t s = blockIdx.x * int64_t{kHistSlices}; s < s_end && s < a.slices; ++s) {
-      each_slice_z<kChunks>(a, row, s, zp, [&](float z, int64_t) {
-        const int b = bin_of(fb, z);
-        atomicAdd(&count[b], 1);
-        atomicAdd(&mass[b], exp(static_cast<double>(__fsub_rn(z, fb.zmax))));
-        atomicMin(&lo[b], okey(z));
-        atomicMax(&hi[b], okey(z));
-      });
+    auto add = [&](float z, auto) {
+      const int b = bin_of(fb, z);
+      atomicAdd(&count[b], 1);
+      atomicAdd(&mass[b], exp(static_cast<double>(__fsub_rn(z, fb.zmax))));
+      atomicMin(&lo[b], okey(z));
+      atomicMax(&hi[b], okey(z));
+    };
+    const bool cut_bin = fb.active == kFallbackCutBin;  // uniform over the block
+    if (cut_bin) {  // the cut bin's handed-over elements (this block's share), not the row
+      each_cut_z(a, row, fb, add);
+    } else {
+      for (int64_t s = blockIdx.x * int64_t{kHistSlices}; s < s_end && s < a.slices; ++s) each_slice_z<kChunks>(a, row, s, zp, add);
     }
     __syncthreads();
     const int64_t at = row * kBins;
@@ -321,7 +394,7 @@ __global__ void __launch_bounds__(kThreads) fallback_hist_kernel(KernelArgs a) {
       gatomic_min(&a.hist_lo[at + i], lo[i]);
       gatomic_max(&a.hist_hi[at + i], hi[i]);
     }
-    if (last_to_arrive(&a.tickets[2 * row], gridDim.x)) select_row(a, row, fb);
+    if (last_to_arrive(&a.tickets[2 * row], cut_bin ? fb.workers : gridDim.x)) select_row(a, row, fb);
     __syncthreads();
   }
 }

@@ -48,6 +48,18 @@ struct RowSource {
   }
 };
 
+// A binned row whose cut bin holds more elements than the finish keeps (guided_bins.cuh): what
+// the fallback's kernels need to resolve it from the handed-over elements (kFallbackCutBin).
+struct RefineBin {
+  bool on;
+  double bin;                   // the cut bin (absolute)
+  double mass_above;            // mass of the bins above it, relative to the row's zmax
+  double total;                 // the row's top-p total
+  unsigned long long win_above; // race winner of the bins above it (pack_best)
+  int32_t n_bin;                // its elements
+  float lo, hi;                 // its smallest and largest value
+};
+
 // What deciding a row produces.
 struct RowResult {
   int32_t status = kStatusOk;
@@ -56,6 +68,7 @@ struct RowResult {
   float lse_r = TITA_NEG_INF, lse_f = TITA_NEG_INF;
   Best best = Best{TITA_NEG_INF, TITA_NEG_INF, -1};
   int32_t path = kPathCands;  // the RowPath of a filtered row the finish decides
+  RefineBin refine{false, 0.0, 0.0, 0.0, 0ull, 0, 0.0f, 0.0f};
 };
 
 // Filters and choice over a source whose finite elements include every allowed id once tau >= T.
@@ -215,7 +228,7 @@ __device__ __forceinline__ void gather_candidates(const KernelArgs& a, int64_t r
       ok[u] = p < total;
       if (!ok[u]) continue;
       while (prefix[slice + 1] <= p) ++slice;
-      const int2 raw = __ldg(reinterpret_cast<const int2*>(a.cands + (row * a.slices + slice) * kSliceSlots +
+      const int2 raw = __ldg(reinterpret_cast<const int2*>(a.cands + (row * a.slices + slice) * a.cand_slots +
                                                             (p - prefix[slice])));
       got[u] = Cand{__int_as_float(raw.x), raw.y};
     }
@@ -424,7 +437,8 @@ __device__ __forceinline__ void write_row(const KernelArgs& a, int64_t row, cons
 }
 
 // Hands a row the candidates could not decide to the bounded fallback (guided_fallback.cuh):
-// min-p alone has a known threshold (one race pass); top-k / top-p need the histogram first.
+// min-p alone has a known threshold (one race pass); top-k / top-p need the histogram first; a
+// binned row with a large cut bin (res.refine) histograms that bin's handed-over elements.
 __device__ __forceinline__ void start_fallback(const KernelArgs& a, int64_t row, const RowConfig& c,
                                                const RowResult& res) {
   FallbackRow fb{};
@@ -438,11 +452,23 @@ __device__ __forceinline__ void start_fallback(const KernelArgs& a, int64_t row,
   const double width = static_cast<double>(res.zmax) - static_cast<double>(res.zmin);
   fb.scale = width > 0.0 ? kBins / width : 0.0;
   fb.active = (c.top_k == 0 && c.top_p >= 1.0f) ? kFallbackThreshold : kFallbackHistogram;
+  if (res.refine.on) {  // kCutSubBins bins over the cut bin's values, kCutPerWorker elements per block
+    fb.active = kFallbackCutBin;
+    fb.zmin = res.refine.lo;
+    fb.scale = (kCutSubBins - 1) / (static_cast<double>(res.refine.hi) - static_cast<double>(res.refine.lo));
+    fb.cut_bin = res.refine.bin;
+    fb.mass_base = res.refine.mass_above;
+    fb.win_base = res.refine.win_above;
+    fb.total = res.refine.total;
+    const int64_t want = (res.refine.n_bin + kCutPerWorker - 1) / kCutPerWorker;
+    const int64_t most = (a.slices + kHistSlices - 1) / kHistSlices;  // the histogram kernel's blocks per row
+    fb.workers = static_cast<int32_t>(want < most ? want : most);
+  }
   if (threadIdx.x == 0) {
     gstore(&a.tickets[2 * row], int32_t{0});
     gstore(&a.tickets[2 * row + 1], int32_t{0});
   }
-  if (fb.active == kFallbackHistogram) {
+  if (fb.active == kFallbackHistogram || fb.active == kFallbackCutBin) {
     for (int i = threadIdx.x; i < kBins; i += kThreads) {
       gstore(&a.hist_count[row * kBins + i], 0);
       gstore(&a.hist_mass[row * kBins + i], 0.0);
@@ -498,20 +524,17 @@ __global__ void __launch_bounds__(kThreads) write_logprobs_kernel(KernelArgs a) 
       zp = z_params(row_config(a, row), o.floor);
       rp = row_ptrs(a.in, row);
     }
+    const bool vec = ok && vector_rows(rp);
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
-      if (id0 >= a.out_width) continue;
       float v[kVec];
-      if (!ok) {
+      if (!ok) {  // uniform over the block
 #pragma unroll
         for (int j = 0; j < kVec; ++j) v[j] = NAN;
-      } else if (id0 >= a.in.vocab) {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) v[j] = TITA_NEG_INF;
       } else {
         float b[kVec], r[kVec], f[kVec];
-        load_chunk(rp, id0, a.in.vocab, b, r, f);
+        read_chunk(rp, vec, id0, a.in.vocab, b, r, f);  // every lane (-inf beyond the vocabulary)
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
           const float z = guided_z(zp, b[j], r[j], f[j]);

@@ -39,7 +39,8 @@ struct Plan {
   int64_t slices = 0;      // of the shared range
   bool floor_pass = false; // a plausibility floor may be on: base_max_kernel runs first
   bool cut = false;        // a row may have top-k, top-p or min-p: candidates and the fallback
-  bool binned = false;     // a row may have top-p: the slices' bin tables (guided_bins.cuh)
+  bool binned = false;     // a row may have top-p without top-k and min-p: bin tables (guided_bins.cuh)
+  int64_t cand_slots = 0;  // candidate slots per (row, slice)
   size_t partials = 0, base_max = 0, cands = 0, bins = 0, outcomes = 0, fallback = 0, hist_count = 0, hist_mass = 0,
          hist_lo = 0, hist_hi = 0, race = 0, gathered = 0, tickets = 0, bytes = 0;  // byte offsets, total
 };
@@ -57,14 +58,21 @@ inline Plan make_plan(const GuidedInputs& in) {
   p.floor_pass = sp.plausibility.rows != nullptr || sp.plausibility.scalar > 0.0f;
   p.cut = sp.top_k.rows != nullptr || sp.top_k.scalar > 0 || sp.top_p.rows != nullptr || sp.top_p.scalar < 1.0f ||
           sp.min_p.rows != nullptr || sp.min_p.scalar > 0.0f;
-  p.binned = sp.top_p.rows != nullptr || sp.top_p.scalar < 1.0f;
+  const bool top_p = sp.top_p.rows != nullptr || sp.top_p.scalar < 1.0f;
+  const bool no_top_k = sp.top_k.rows != nullptr || sp.top_k.scalar <= 0 || sp.top_k.scalar >= in.vocab;
+  const bool no_min_p = sp.min_p.rows != nullptr || sp.min_p.scalar <= 0.0f;
+  p.binned = top_p && no_top_k && no_min_p;
+  // Binned rows hand over their top bins up to half a slice (a nucleus of a third of the row and
+  // its cut bin fit, guided_bins.cuh bin_slots): 8-byte slots for 2-4 input bytes per id, so only
+  // launches that may hold such rows reserve them.
+  p.cand_slots = p.binned && p.slice_len / 2 > kSliceSlots ? p.slice_len / 2 : kSliceSlots;
   const size_t cells = static_cast<size_t>(in.batch) * static_cast<size_t>(p.slices);
   const size_t rows = static_cast<size_t>(in.batch), bins = rows * kBins;
   const size_t cut = p.cut ? 1 : 0;  // greedy / plain sampling launches reserve no candidate space
   p.partials = 0;
   p.base_max = align_up(p.partials + cells * sizeof(SlicePartial));
   p.cands = align_up(p.base_max + (p.floor_pass ? cells * sizeof(float) : 0));
-  p.bins = align_up(p.cands + cut * cells * kSliceSlots * sizeof(Cand));
+  p.bins = align_up(p.cands + cut * cells * static_cast<size_t>(p.cand_slots) * sizeof(Cand));
   p.outcomes = align_up(p.bins + (p.binned ? cells * kSliceBins * sizeof(BinEntry) : 0));
   p.fallback = align_up(p.outcomes + rows * sizeof(RowOutcome));
   p.hist_count = align_up(p.fallback + cut * rows * sizeof(FallbackRow));
@@ -89,6 +97,7 @@ inline void carve(KernelArgs& a, const Plan& p, void* scratch) {
   char* s = static_cast<char*>(scratch);
   a.slice_len = p.slice_len;
   a.slices = p.slices;
+  a.cand_slots = p.cand_slots;
   a.partials = reinterpret_cast<SlicePartial*>(s + p.partials);
   a.base_max = p.floor_pass ? reinterpret_cast<float*>(s + p.base_max) : nullptr;
   a.outcomes = reinterpret_cast<RowOutcome*>(s + p.outcomes);

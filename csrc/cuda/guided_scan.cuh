@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2) guided_scan_kernel(KernelArgs a) 
       part.n_cands = n;
       if (threadIdx.x == 0) slot_count = 0;
       __syncthreads();
-      Cand* out = a.cands + (row * a.slices + s) * kSliceSlots;
+      Cand* out = a.cands + (row * a.slices + s) * a.cand_slots;
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
         if (z[i] != TITA_NEG_INF && z[i] >= theta) {
@@ -203,13 +203,13 @@ __global__ void __launch_bounds__(kThreads) base_max_kernel(KernelArgs a) {
   const int64_t v0 = static_cast<int64_t>(blockIdx.x) * a.slice_len;
   for (int64_t row = blockIdx.y; row < a.in.batch; row += gridDim.y) {
     const RowPtr bp = row_ptr(a.in.base, row);
+    const bool vec = misalignment(bp) >= 0;
     float m = TITA_NEG_INF;
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t id0 = v0 + (static_cast<int64_t>(k) * kThreads + threadIdx.x) * kVec;
-      if (id0 >= a.in.vocab) continue;
       float b[kVec];
-      load8(bp, id0, a.in.vocab, b);
+      read8(bp, vec, id0, a.in.vocab, b);  // every lane (-inf beyond the vocabulary)
 #pragma unroll
       for (int j = 0; j < kVec; ++j) m = fmaxf(m, b[j]);
     }

@@ -225,6 +225,44 @@ __device__ __forceinline__ void decode_chunk(const RowPtrs& rp, const RawChunk& 
   }
 }
 
+// The re-reads (fallback, plausibility floor, guided_logprobs' write) with the scan's loads, without
+// its prefetch: one input's ids [id0, id0 + 8) as clean fp32 (-inf beyond vocab) in a pass laid out
+// like the scan (lane l + 1 holds chunk id0 + 8); vec: misalignment(r) >= 0 (block-uniform). Aligned
+// 16-byte loads, shifted on misaligned rows; element loads for partial chunks and strided rows.
+// Every lane of the warp must call it, whatever its id0 (realign_one shuffles).
+__device__ __forceinline__ void read8(const RowPtr& r, bool vec, int64_t id0, int64_t vocab, float* out) {
+  const bool whole = id0 + kVec <= vocab;
+  if (vec) {
+    uint4 w[2] = {}, after = {};
+    const bool next = loads_next_word(id0, vocab);
+    if (whole) issue_one(r, id0, next, w, after);
+    realign_one(r, next, w, after);
+    if (whole) {
+      decode_one(r.dtype, w, out);
+      return;
+    }
+  }
+  if (id0 < vocab) {
+    load8(r, id0, vocab, out);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) out[j] = TITA_NEG_INF;
+  }
+}
+
+// read8 of every input (f = b without reference logits); vec: vector_rows(rp).
+__device__ __forceinline__ void read_chunk(const RowPtrs& rp, bool vec, int64_t id0, int64_t vocab, float* b, float* r,
+                                           float* f) {
+  read8(rp.base, vec, id0, vocab, b);
+  read8(rp.reward, vec, id0, vocab, r);
+  if (rp.ref.p != nullptr) {
+    read8(rp.ref, vec, id0, vocab, f);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) f[j] = b[j];
+  }
+}
+
 // How one row forms z (reference._guided_scores).
 struct ZParams {
   float alpha, one_minus, inv_t;

@@ -65,6 +65,7 @@ def build(threads: int = THREADS) -> ctypes.CDLL:
     lib = ctypes.CDLL(lib_path)
     lib.emu_guided.restype = ctypes.c_int
     lib.emu_counters.restype = None
+    lib.emu_scratch_bytes.restype = ctypes.c_int64
     for name in ("emu_reach_violations", "emu_reach_passing"):
         getattr(lib, name).restype = ctypes.c_int64
         getattr(lib, name).argtypes = [ctypes.c_float]
@@ -72,19 +73,23 @@ def build(threads: int = THREADS) -> ctypes.CDLL:
 
 
 # RowPath codes (csrc/cuda/guided_common.cuh) and the reads of its row each path makes.
-PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status", 7: "bins"}
-READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1, "bins": 1}  # general: unbounded
+PATHS = {1: "dense", 2: "candidates", 3: "threshold", 4: "histogram", 5: "general", 6: "status", 7: "bins",
+         8: "bins_refined"}
+READS = {"dense": 1, "candidates": 1, "threshold": 2, "histogram": 3, "status": 1, "bins": 1,
+         "bins_refined": 1}  # general: unbounded
 
 
 class Cost(NamedTuple):
     """What the last emulated call cost: global-memory bytes loaded and stored, the path of each
-    row (int32 [B], PATHS codes), the plan's chunks per thread and the bytes loaded per load width."""
+    row (int32 [B], PATHS codes), the plan's chunks per thread, the bytes loaded per load width and
+    the launch's scratch bytes."""
 
     loaded: int
     stored: int
     paths: torch.Tensor
     chunks: int
     widths: tuple[int, ...]  # bytes loaded by 2-, 4-, 8-, 16-byte loads and others
+    scratch: int
 
     def loaded_by_width(self, width: int) -> int:
         return self.widths[{2: 0, 4: 1, 8: 2, 16: 3}[width]]
@@ -134,7 +139,7 @@ def _run(choose: bool, args: tuple, seed, offset, vocab_size: int, sm_count: int
     widths = (ctypes.c_int64 * 5)()
     build(threads).emu_load_widths(widths)
     global last_cost
-    last_cost = Cost(loaded.value, stored.value, paths, chunks, tuple(widths))
+    last_cost = Cost(loaded.value, stored.value, paths, chunks, tuple(widths), build(threads).emu_scratch_bytes())
     return (tokens, logprob, token_reward, status), out
 
 

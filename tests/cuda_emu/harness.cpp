@@ -13,6 +13,8 @@ using namespace tita::cuda;
 
 namespace {
 
+size_t last_scratch_bytes = 0;  // guided_scratch_bytes of the last emu_guided call
+
 LogitsView view(const void* data, int dtype, const int64_t* shape_strides) {
   // shape_strides: row_stride, col_stride, width
   return LogitsView{data, static_cast<DType>(dtype), shape_strides[0], shape_strides[1], shape_strides[2]};
@@ -46,6 +48,7 @@ int emu_guided(int choose, int sm_count, const void* const* logits, const int* d
   sp.min_p = {static_cast<float>(scalars[3]), static_cast<const float*>(rows[4])};
   sp.plausibility = {static_cast<float>(scalars[4]), static_cast<const float*>(rows[5])};
   const size_t bytes = guided_scratch_bytes(in);
+  last_scratch_bytes = bytes;
   std::unique_ptr<char, decltype(&std::free)> scratch(static_cast<char*>(std::aligned_alloc(256, bytes + 256)),
                                                       &std::free);
   std::memset(scratch.get(), 0xFF, bytes + 256);  // uninitialised on the device: make stale reads visible (NaN)
@@ -82,6 +85,9 @@ void emu_counters(int64_t* loaded, int64_t* stored, int32_t* paths, int64_t rows
   *stored = emu::stored.load();
   for (int64_t r = 0; r < rows && static_cast<size_t>(r) < emu::paths.size(); ++r) paths[r] = emu::paths[r];
 }
+
+// The scratch the last emu_guided call's launch asked for (guided_scratch_bytes).
+int64_t emu_scratch_bytes() { return static_cast<int64_t>(last_scratch_bytes); }
 
 // Bytes the last emu_guided call loaded, by load width: out[0..4] = 2, 4, 8, 16 bytes, other.
 void emu_load_widths(int64_t* out) {
