@@ -24,7 +24,9 @@ struct MassSums {
 constexpr int kLanes64 = kLanes / 2;
 typedef double vd __attribute__((vector_size(8 * kLanes64)));
 typedef int64_t vl __attribute__((vector_size(8 * kLanes64)));
-typedef float vfh __attribute__((vector_size(4 * kLanes64)));
+// A whole vf in fp64 (two registers), only as the result of one conversion: GCC does that as two
+// register-wide conversions, but converts a half-register float vector (2 lanes under SSE2) lane by lane.
+typedef double vd2 __attribute__((vector_size(8 * kLanes)));
 
 // exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2/2, Taylor series to r^13 (error < 1e-17
 // relative), times 2^n from the exponent bits. x < -708 (and -inf) gives 0.
@@ -54,6 +56,13 @@ TITA_INLINE vd vexp64(vd x) {
   return tiny ? vd{} : e;
 }
 
+// Lanes h .. h + kLanes64 - 1 of v.
+TITA_INLINE vd lanes_from(const vd2& v, int h) {
+  vd out;
+  std::memcpy(&out, reinterpret_cast<const double*>(&v) + h, sizeof(out));
+  return out;
+}
+
 // e[i] = exp((double)(z[i] - zmax)) for i < n (n a multiple of kLanes; z finite or -inf, <= zmax);
 // 0 for -inf and below exp(-708); returns their sums. Not inlined into the scan: inlined code
 // takes its caller's (non-contracting) options.
@@ -66,21 +75,16 @@ __attribute__((noinline)) inline MassSums masses64(const float* z, int n, float 
     const vf zv = vload(z + i);
     const vi k = bin_keys(zv);
     // the difference in fp32, as the reference; 0/1 weights from nested selects (not mask
-    // arithmetic: see row_scan.h's combine_loop); each then split into two fp64 halves
-    alignas(64) float parts[3][kLanes];
-    vstore(parts[0], zv - m);
-    vstore(parts[1], vselect(k > hi, one, zero));
-    vstore(parts[2], vselect(k > hi, vselect(zv >= min_z, one, zero), zero));
+    // arithmetic: see row_scan.h's combine_loop); each then in fp64, as two registers' halves
+    const vd2 x = __builtin_convertvector(zv - m, vd2);
+    const vd2 w_above = __builtin_convertvector(vselect(k > hi, one, zero), vd2);
+    const vd2 w_kept = __builtin_convertvector(vselect(k > hi, vselect(zv >= min_z, one, zero), zero), vd2);
     for (int h = 0; h < kLanes; h += kLanes64) {
-      vfh x, w_above, w_kept;
-      std::memcpy(&x, parts[0] + h, sizeof(x));
-      std::memcpy(&w_above, parts[1] + h, sizeof(w_above));
-      std::memcpy(&w_kept, parts[2] + h, sizeof(w_kept));
-      const vd v = vexp64(__builtin_convertvector(x, vd));
+      const vd v = vexp64(lanes_from(x, h));
       std::memcpy(e + i + h, &v, sizeof(v));
       total += v;
-      above += v * __builtin_convertvector(w_above, vd);
-      kept += v * __builtin_convertvector(w_kept, vd);
+      above += v * lanes_from(w_above, h);
+      kept += v * lanes_from(w_kept, h);
     }
   }
   MassSums out;

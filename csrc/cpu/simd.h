@@ -5,8 +5,12 @@
 // 4), each in its own namespace tita::cpu::TITA_CPU_ISA under `#pragma GCC target`; guided_ops_cpu.cpp
 // calls the one cpu_capability() chooses. Each unit uses vectors no wider than its registers: GCC
 // lowers a compare or select on a wider vector (16 lanes under AVX2) element by element, through
-// memory, which made the AVX2 kernel ~10x slower than the AVX-512 one. No -march flag and no
-// intrinsics are needed.
+// memory, which made the AVX2 kernel ~10x slower than the AVX-512 one. Two checks hold every unit
+// to that: vf is exactly one register of the unit's instruction set (static_assert below), and
+// GCC's -Wvector-operation-performance, which reports each vector operation the target cannot do
+// in its own registers ("will be expanded piecewise / in parallel"), is an error from here on.
+// tests/test_cpu_vector_width.py checks both, and the instructions of the built module. No -march
+// flag and no intrinsics are needed.
 #pragma once
 
 #if !defined(TITA_CPU_ISA) || !defined(TITA_CPU_LANES)
@@ -17,10 +21,17 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string_view>
 
 #include "../common/philox.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic error "-Wvector-operation-performance"
+#endif
+
 #define TITA_INLINE inline __attribute__((always_inline))
+#define TITA_CPU_STRINGIFY(x) #x
+#define TITA_CPU_STRING(x) TITA_CPU_STRINGIFY(x)
 
 // TITA_FLATTENED(spec, ret, name, (params), (args)): `spec ret name(params)`, an entry point of
 // the scan calling name##_body(args) with everything it calls inlined (flatten).
@@ -35,8 +46,15 @@ static_assert(kLanes == 4 || kLanes == 8 || kLanes == 16, "4, 8 or 16 fp32 lanes
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 typedef uint32_t vu __attribute__((vector_size(4 * kLanes)));
+typedef uint64_t vu64 __attribute__((vector_size(4 * kLanes)));  // kLanes / 2 lanes: the same register
 
-typedef uint64_t vu64 __attribute__((vector_size(8 * kLanes)));  // widening multiplies only (no compares)
+// One register of the unit's instruction set, by its name (g++ does not define __AVX2__ etc. under
+// `#pragma GCC target`; tests/test_cpu_vector_width.py checks that each namespace's code uses
+// these registers).
+constexpr std::string_view kIsaName = TITA_CPU_STRING(TITA_CPU_ISA);
+constexpr int kRegisterBytes = kIsaName == "avx512" ? 64 : kIsaName == "avx2" ? 32 : 16;  // baseline: SSE2, NEON
+static_assert(sizeof(vf) == kRegisterBytes,
+              "TITA_CPU_LANES must fill exactly one register of the unit's instruction set");
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -151,16 +169,24 @@ struct LaneOps<cpu::TITA_CPU_ISA::vf> {
   using I = cpu::TITA_CPU_ISA::vi;
   static TITA_INLINE F splat(float x) { return F{} + x; }
   static TITA_INLINE U splat_u(uint32_t x) { return U{} + x; }
-  static TITA_INLINE U bits(F f) { return reinterpret_cast<U&>(f); }
-  static TITA_INLINE F from_bits(U u) { return reinterpret_cast<F&>(u); }
-  static TITA_INLINE I to_int(U u) { return reinterpret_cast<I&>(u); }
+  static TITA_INLINE U bits(F f) { return (U)f; }  // a cast between same-size vectors keeps the bits
+  static TITA_INLINE F from_bits(U u) { return (F)u; }
+  static TITA_INLINE I to_int(U u) { return (I)u; }
   static TITA_INLINE F to_float(I i) { return __builtin_convertvector(i, F); }
   static TITA_INLINE F u_to_float(U u) { return __builtin_convertvector(u, F); }
   static TITA_INLINE F select(I c, F a, F b) { return c ? a : b; }
   static TITA_INLINE I select(I c, I a, I b) { return c ? a : b; }
+  // High halves of the 32x32->64-bit products, in registers of the vector's own width: the even
+  // lanes' and the odd lanes' products as kLanes / 2 64-bit lanes each (a wider 64-bit vector
+  // would be split into pieces; see the top of this file).
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "mulhi: lane 2j is the low half of 64-bit lane j");
   static TITA_INLINE U mulhi(U a, uint32_t b) {
-    const cpu::TITA_CPU_ISA::vu64 wide = __builtin_convertvector(a, cpu::TITA_CPU_ISA::vu64) * static_cast<uint64_t>(b);
-    return __builtin_convertvector(wide >> 32, U);
+    using W = cpu::TITA_CPU_ISA::vu64;
+    const W w = (W)a;
+    const W even = (w & 0xffffffffu) * static_cast<uint64_t>(b);  // lanes 0, 2, ...: product in 64 bits
+    const W odd = (w >> 32) * static_cast<uint64_t>(b);           // lanes 1, 3, ...
+    const W hi = (even >> 32) | (odd & 0xffffffff00000000u);      // each high half in its own lane
+    return (U)hi;
   }
 };
 
