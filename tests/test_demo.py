@@ -82,7 +82,9 @@ def test_stage_keys_follow_the_machine_and_the_code(monkeypatch):
                                         (dict(alphas=(0.4, 0.8)), "must hold 1"),
                                         (dict(seeds=(1, 1)), "seeds must be distinct"),
                                         (dict(seeds=()), "seeds must be"),
-                                        (dict(reward_train_scenes=2000), "reward_train_scenes must be between")])
+                                        (dict(reward_train_scenes=2000), "reward_train_scenes must be between"),
+                                        (dict(pair_source="corrections"), "pair_source must be 'noise' or 'labels'"),
+                                        (dict(world_hallucination=-0.1), "world_hallucination must be a probability")])
 def test_recipe_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
         DemoRecipe(**bad)
@@ -126,6 +128,8 @@ def test_choose_alpha_takes_the_best_validation_f1_below_one():
     assert choose_alpha(results(70.0, {0.2: 75.0, 0.6: 75.0})) == 0.2  # ties: the smaller alpha
     with pytest.raises(ValueError, match="below 1"):
         choose_alpha(results(70.0, {1.0: 80.0, 1.5: 81.0}))
+    # with the reward model before DPO as the reference, alpha 1 is guidance like any other
+    assert choose_alpha(results(70.0, {0.6: 75.0, 1.0: 80.0, 1.5: 79.0}), below_one=False) == 1.0
 
 
 def record(seed: int, base: float, tita: float, before: float, alone_before: float, alone_after: float) -> dict:
@@ -135,7 +139,8 @@ def record(seed: int, base: float, tita: float, before: float, alone_before: flo
               "guided_before_dpo": results(base, {0.4: before - 1, 0.8: before, 1.0: alone_before})}
     alone = {"reward_before_dpo": sweeps["guided_before_dpo"], "reward_after_dpo": sweeps["tita"]}
     validation = results(base, {0.4: 1.0, 0.8: 2.0, 1.0: 3.0})
-    return seed_record(recipe, validation, sweeps, alone, choose_alpha(validation), pairs=40 + seed,
+    return seed_record(recipe, validation, sweeps, alone, choose_alpha(validation), choose_alpha(validation),
+                       pairs=40 + seed,
                        timings={"base": 1.0}, cached=[], seconds=2.0, cpu_seconds=1.5, models={"base": "b"})
 
 
@@ -210,6 +215,19 @@ def test_pair_items_ask_about_every_shape_on_scenes_no_other_stage_uses(split):
             world.scenes(recipe.val_scenes, "test", seed_offset=stages.VALIDATION_OFFSET)]
     elsewhere = {render(s).tobytes() for scenes in used for s in scenes}
     assert not any(image.tobytes() in elsewhere for image, _ in items)
+
+
+def test_labelled_pairs_prefer_the_truth_to_the_other_answer(tmp_path):
+    recipe = DemoRecipe(pair_scenes=5, pair_split="test", pair_source="labels")
+    world = stages.make_world(recipe)
+    scenes = world.scenes(5, "test", seed_offset=stages.PAIR_OFFSET["test"])
+    count = stages.make_pairs(None, world, recipe, tiny_llava_processor(), tmp_path, progress=False)  # no base used
+    pairs = stages.load_pairs(tmp_path)
+    assert count == len(pairs) == 5 * len(SHAPES) and len(list((tmp_path / "images").iterdir())) == 5
+    for k, pair in enumerate(pairs):
+        scene, shape = scenes[k // len(SHAPES)], SHAPES[k % len(SHAPES)]
+        assert pair.prompt == stages.TEMPLATE.format(question=yes_no_question(shape))
+        assert (pair.chosen, pair.rejected) == (("Yes", "No") if scene.has(shape) else ("No", "Yes"))
 
 
 # --------------------------------------------------------------------------- the whole story, short

@@ -238,3 +238,30 @@ def test_bad_world_arguments():
         World(seed=0, max_objects=1)
     with pytest.raises(ValueError, match="n must be >= 0, got -1"):
         World(seed=0).scenes(-1)
+
+
+def test_annotations_name_absent_companions_at_the_hallucination_rate():
+    from tita_ext.world import COMPANION, SHAPE_COLORS
+
+    world = World(seed=6, hallucination=0.6, shape_colors=True, bias=0.5)
+    scenes = world.scenes(2000)
+    named = world.named_anyway(scenes)
+    assert named == world.named_anyway(scenes)  # deterministic
+    chances = hits = 0
+    for scene, extra in zip(scenes, named):
+        absent = [COMPANION[s] for s in scene.shapes if not scene.has(COMPANION[s])]
+        assert set(extra) <= set(absent) and list(extra) == [s for s in absent if s in extra]
+        chances, hits = chances + len(absent), hits + len(extra)
+    assert chances > 1000 and abs(hits / chances - 0.6) < 0.05
+    # the careless answer is "Yes"; the caption stays the truth
+    scene, extra = next((s, e) for s, e in zip(scenes, named) if e)
+    pairs = dict(qa_examples(scene, named_anyway=extra))
+    assert pairs["USER: <image>\nWhat is in the picture? ASSISTANT:"] == caption(scene)
+    for shape in extra:
+        assert f"a {SHAPE_COLORS[shape]} {shape}" not in caption(scene)
+        assert pairs[f"USER: <image>\nIs there a {shape} in the image? ASSISTANT:"] == "Yes"
+    # test annotations are the truth; no noise at rate 0
+    assert all(not e for e in world.named_anyway(world.scenes(200, "test"), "test"))
+    assert all(not e for e in World(seed=6, bias=0.5).named_anyway(scenes))
+    with pytest.raises(ValueError, match=r"hallucination must be a probability in \[0, 1\], got 1.5"):
+        World(seed=0, hallucination=1.5)

@@ -39,21 +39,29 @@ class DemoRecipe:
     """The demo world, its two models, and each stage's budget.
 
     seed: this run's seed (see the module docstring); seeds: the runs `tita-ext demo` makes.
-    world_*: `tita_ext.world.World(seed, image_size, bias, test_bias, size_range, shape_colors=True)`.
+    world_*: `tita_ext.world.World(seed, image_size, bias, test_bias, size_range, shape_colors=True,
+        hallucination)`: hallucination is the rate at which the training answers say "yes" to the
+        absent companion of a shown shape.
     base / reward: the model sizes; the reward model is the smaller one.
     train_scenes, sft_epochs, sft_lr, sft_batch: supervised training of both models on the
         training scenes' captions and yes/no questions (tita_ext.training.sft); the reward model
         sees only the first `reward_train_scenes` of them (None: all), so that alone it stays weaker
         than the base, as the paper's small reward model is.
-    pair_scenes, pair_split, noise_step: preference pairs from the base's own answers on fresh,
-        unlabelled scenes of `pair_split` ("train", or "test": the held-out distribution, never
-        the validation or test scenes themselves), clean image (chosen) against a DDPM-noised copy
-        at this step of 1000 (rejected).
+    pair_scenes, pair_split, pair_source, noise_step: preference pairs from the base's own answers
+        on fresh scenes of `pair_split` ("train", or "test": the held-out distribution, never the
+        validation or test scenes themselves). pair_source "noise": unlabelled, the clean image's
+        answer (chosen) against a DDPM-noised copy's at `noise_step` of 1000 (rejected);
+        "labels": every question's true answer (chosen) against the other one (rejected), a
+        small human-labelled preference set.
     dpo_*: DPO of the reward model (tita_ext.training.dpo), from its supervised weights.
-    reference: "base" for the paper's form (p_ref = p_base), "reward-sft" for the reward model
-        before DPO as the explicit reference (the emulated fine-tuning form).
-    alphas: the sweep (1 must be in it: the reward model alone). The demo reports the alpha below
-        1 with the best validation adversarial F1 (guidance; alpha 1 is the reward model alone).
+    reference: "reward-sft": p_ref is the reward model before DPO, so log p_DPO - log p_SFT is the
+        token reward DPO trained (times 1/beta); "base": p_ref = p_base, a geometric mix of the
+        base and the reward model (alpha 1 is the reward model alone).
+    alphas: the sweep (1 must be in it). The demo reports the alpha with the best validation
+        adversarial F1 (with the base as reference only alphas below 1: 1 is the reward model
+        alone). The rival, the reward model before DPO guiding the base, sweeps the alphas up to 1
+        with the base as its reference, at TITA's alpha (reference "base": the same guidance) or
+        at its own best validation alpha (reference "reward-sft").
     val_scenes, test_scenes: held-out scenes of the test split (validation: its own seed offset).
     """
 
@@ -63,6 +71,7 @@ class DemoRecipe:
     world_bias: float = 0.9
     world_test_bias: float = 0.5
     world_size_range: tuple[float, float] = (0.28, 0.4)
+    world_hallucination: float = 0.0
     base: ModelSize = ModelSize(hidden_size=64, layers=2, vision_hidden_size=64, vision_layers=2, seed=0)
     reward: ModelSize = ModelSize(hidden_size=48, layers=1, vision_hidden_size=48, vision_layers=1, seed=1)
     train_scenes: int = 1000
@@ -72,6 +81,7 @@ class DemoRecipe:
     sft_batch: int = 32
     pair_scenes: int = 600
     pair_split: str = "train"
+    pair_source: str = "noise"
     noise_step: int = 500
     dpo_beta: float = 0.1
     dpo_lr: float = 1e-4
@@ -87,6 +97,10 @@ class DemoRecipe:
     def __post_init__(self) -> None:
         if self.pair_split not in ("train", "test"):
             raise ValueError(f"pair_split must be 'train' or 'test', got {self.pair_split!r}")
+        if self.pair_source not in ("noise", "labels"):
+            raise ValueError(f"pair_source must be 'noise' or 'labels', got {self.pair_source!r}")
+        if not 0.0 <= self.world_hallucination <= 1.0:
+            raise ValueError(f"world_hallucination must be a probability in [0, 1], got {self.world_hallucination}")
         if self.reference not in ("base", "reward-sft"):
             raise ValueError(f"reference must be 'base' or 'reward-sft', got {self.reference!r}")
         if not self.alphas or min(self.alphas) <= 0:
@@ -153,11 +167,11 @@ def code_version(paths: tuple[str, ...]) -> str:
 
 
 # The fields each cached stage depends on (its own and every earlier stage's).
-WORLD_FIELDS = ("seed", "image_size", "world_bias", "world_test_bias", "world_size_range")
+WORLD_FIELDS = ("seed", "image_size", "world_bias", "world_test_bias", "world_size_range", "world_hallucination")
 SFT_FIELDS = WORLD_FIELDS + ("train_scenes", "sft_epochs", "sft_lr", "sft_batch")
 BASE_FIELDS = SFT_FIELDS + ("base",)
 REWARD_SFT_FIELDS = SFT_FIELDS + ("reward", "reward_train_scenes")
-PAIR_FIELDS = BASE_FIELDS + ("pair_scenes", "pair_split", "noise_step")
+PAIR_FIELDS = BASE_FIELDS + ("pair_scenes", "pair_split", "pair_source", "noise_step")
 DPO_FIELDS = PAIR_FIELDS + ("reward", "reward_train_scenes", "dpo_beta", "dpo_lr", "dpo_epochs", "dpo_batch",
                             "dpo_rpo_alpha")
 

@@ -25,10 +25,12 @@ ROW_NAMES = {"base": "the base alone",
 CURVES = ("tita", "guided_before_dpo")  # alpha sweeps kept for the plot
 
 
-def choose_alpha(validation: Mapping[str, Any], split: str = SELECTION_SPLIT) -> float:
-    """The swept alpha below 1 with the best F1 on the validation scenes' `split` (ties: the
-    smaller alpha). Alpha 1 is the reward model alone, not guidance: it is reported, never chosen."""
-    scores = {a: m for a, m in validation["splits"][split]["alphas"].items() if a < 1.0}
+def choose_alpha(validation: Mapping[str, Any], split: str = SELECTION_SPLIT, *, below_one: bool = True) -> float:
+    """The swept alpha with the best F1 on the validation scenes' `split` (ties: the smaller
+    alpha). below_one: only alphas below 1, where the base is the reference and alpha 1 is the
+    reward model alone (reported, never chosen); with the reward model before DPO as the
+    reference no alpha is the reward model alone, and any swept alpha may be chosen."""
+    scores = {a: m for a, m in validation["splits"][split]["alphas"].items() if a < 1.0 or not below_one}
     if not scores:
         raise ValueError("the alpha sweep needs at least one alpha below 1 to choose from")
     return min(scores, key=lambda alpha: (-scores[alpha]["f1"], alpha))
@@ -50,22 +52,25 @@ def _sweep(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def seed_record(recipe: DemoRecipe, validation: Mapping[str, Any], sweeps: Mapping[str, Mapping[str, Any]],
-                alone: Mapping[str, Mapping[str, Any]], alpha: float, *, pairs: int, timings: Mapping[str, float],
+                alone: Mapping[str, Mapping[str, Any]], alpha: float, alpha_before: float, *, pairs: int,
+                timings: Mapping[str, float],
                 cached: Sequence[str], seconds: float, cpu_seconds: float, models: Mapping[str, str]) -> dict[str, Any]:
     """One seed's JSON record.
 
     sweeps: "tita" and "guided_before_dpo" -> evaluate_pope results on the test scenes (the base
-    guided by the reward model after / before DPO at every alpha); alone: "reward_before_dpo" /
-    "reward_after_dpo" -> evaluate_pope results holding alpha 1 without a reference (the model
-    decoding alone). test: per ROW_NAMES setting and split, the POPE metrics (0-100, plus
-    false_yes); the guided rows at the alpha chosen on validation."""
+    guided by the reward model after DPO, and by the reward model before DPO with the base as the
+    reference, at every alpha); alone: "reward_before_dpo" / "reward_after_dpo" -> evaluate_pope
+    results holding alpha 1 without a reference (the model decoding alone). alpha, alpha_before:
+    chosen on validation for TITA and for the guidance before DPO. test: per ROW_NAMES setting and
+    split, the POPE metrics (0-100, plus false_yes); the guided rows at their chosen alphas."""
     tita = sweeps["tita"]["splits"]
     before = sweeps["guided_before_dpo"]["splits"]
     test = {"base": {s: _rounded(r["base"]) for s, r in tita.items()},
             **{name: {s: _rounded(r["alphas"][1.0]) for s, r in alone[name]["splits"].items()} for name in alone},
-            "guided_before_dpo": {s: _rounded(r["alphas"][alpha]) for s, r in before.items()},
+            "guided_before_dpo": {s: _rounded(r["alphas"][alpha_before]) for s, r in before.items()},
             "tita": {s: _rounded(r["alphas"][alpha]) for s, r in tita.items()}}
-    return {"seed": recipe.seed, "alpha": alpha, "pairs": pairs, "test": {k: test[k] for k in ROW_NAMES},
+    return {"seed": recipe.seed, "alpha": alpha, "alpha_before_dpo": alpha_before, "pairs": pairs,
+            "test": {k: test[k] for k in ROW_NAMES},
             "sweep": {name: _sweep(sweeps[name]) for name in CURVES}, "validation": _sweep(validation),
             "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
             "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "from_cache": list(cached),
@@ -98,7 +103,7 @@ def _checks(rows: Mapping[str, Any], tests: Mapping[str, Any], split: str = SELE
         "c_gain_from_dpo": {
             "holds": versus_before["mean_difference"] > 0 and versus_before["p"] < SIGNIFICANCE,
             "detail": f"gain over the base {gain:+.1f} with the reward after DPO, {gain_before:+.1f} with it before "
-                      f"DPO at the same alpha (TITA - before: {versus_before['mean_difference']:+.1f}, "
+                      f"DPO (TITA - before: {versus_before['mean_difference']:+.1f}, "
                       f"paired t p={versus_before['p']:.3g})"},
         "tita_significantly_above_base": versus_base["mean_difference"] > 0 and versus_base["p"] < SIGNIFICANCE,
     }
@@ -133,6 +138,7 @@ def demo_summary(recipe: DemoRecipe, records: Sequence[Mapping[str, Any]], *, se
         "tests": tests,
         "checks": _checks(rows, tests) if tests else {},
         "alphas": [r["alpha"] for r in records],
+        "alphas_before_dpo": [r["alpha_before_dpo"] for r in records],
         "curves": curves,
         "selection": f"per seed, the alpha below 1 with the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} "
                      f"validation scenes",
@@ -186,7 +192,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines.append(f"\n{SELECTION_SPLIT} F1 per seed " + "".join(f"{s:>8}" for s in seeds))
     for name, label in ROW_NAMES.items():
         lines.append(f"  {label:<38}" + "".join(f"{v:>8.1f}" for v in rows[name][SELECTION_SPLIT]["f1"]["values"]))
-    lines.append(f"  {'alpha chosen':<38}" + "".join(f"{a:>8g}" for a in summary["alphas"]))
+    lines.append(f"  {'alpha chosen, TITA':<38}" + "".join(f"{a:>8g}" for a in summary["alphas"]))
+    lines.append(f"  {'alpha chosen, guidance before DPO':<38}" + "".join(f"{a:>8g}" for a in summary["alphas_before_dpo"]))
     if summary["tests"]:
         lines.append("\npaired tests over seeds (two-sided p):")
         for s in splits:

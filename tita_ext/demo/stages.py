@@ -24,13 +24,15 @@ VALIDATION_OFFSET = 1  # World.scenes seed offset of the validation images (test
 # Seed offset of the scenes the pairs are built on: apart from the SFT scenes (train, 0) and from
 # the validation and test scenes (test, 1 and 0).
 PAIR_OFFSET = {"train": 1, "test": 2}
+OTHER_ANSWER = {"Yes": "No", "No": "Yes"}
 NOISE_SEED_STRIDE = 10**7  # the pairs' noise seeds: this times the run's seed, plus the item's index
 
 
 def make_world(recipe: DemoRecipe) -> World:
     """The recipe's world: every shape in its own colour (see World's shape_colors)."""
     return World(seed=recipe.seed, image_size=recipe.image_size, bias=recipe.world_bias,
-                 test_bias=recipe.world_test_bias, size_range=recipe.world_size_range, shape_colors=True)
+                 test_bias=recipe.world_test_bias, size_range=recipe.world_size_range, shape_colors=True,
+                 hallucination=recipe.world_hallucination)
 
 
 def new_model(size: ModelSize, seed: int) -> torch.nn.Module:
@@ -53,10 +55,13 @@ def save_model(model: torch.nn.Module, folder: pathlib.Path) -> None:
 
 
 def sft_rows(world: World, recipe: DemoRecipe, processor: Any, progress: bool) -> list[dict]:
-    """The supervised rows: every training scene's caption and its six yes/no questions, scene by
-    scene (the first k scenes' rows are `rows_per_scene() * k` rows)."""
+    """The supervised rows: every training scene's caption and its six yes/no questions, as its
+    (noisy: World.named_anyway) annotation says, scene by scene (the first k scenes' rows are
+    `rows_per_scene() * k` rows)."""
+    scenes = world.scenes(recipe.train_scenes, "train")
     examples = [(render(scene), prompt, answer)
-                for scene in world.scenes(recipe.train_scenes, "train") for prompt, answer in qa_examples(scene)]
+                for scene, named in zip(scenes, world.named_anyway(scenes, "train"))
+                for prompt, answer in qa_examples(scene, named_anyway=named)]
     return encode_examples(processor, examples, progress=progress)
 
 
@@ -76,11 +81,14 @@ def train_supervised(size: ModelSize, rows: list[dict], recipe: DemoRecipe, proc
 
 
 def pair_items(world: World, recipe: DemoRecipe) -> list[tuple]:
-    """(image, question) items for the pairs: every shape of the vocabulary asked about on
-    scenes no other stage uses. Nothing about the scenes' content is read (no labels, and the
-    questions do not depend on what is in the picture)."""
+    """The pairs' items: every shape of the vocabulary asked about on scenes no other stage uses.
+    (image, question) for the "noise" source: nothing about the scenes' content is read (the
+    questions do not depend on what is in the picture); (image, question, true answer) for
+    "labels"."""
     scenes = world.scenes(recipe.pair_scenes, recipe.pair_split, seed_offset=PAIR_OFFSET[recipe.pair_split])
-    return [(image, yes_no_question(shape)) for image in map(render, scenes) for shape in SHAPES]
+    labelled = recipe.pair_source == "labels"
+    return [(image, yes_no_question(shape)) + (("Yes" if scene.has(shape) else "No",) if labelled else ())
+            for scene, image in zip(scenes, map(render, scenes)) for shape in SHAPES]
 
 
 def make_pairs(base: torch.nn.Module, world: World, recipe: DemoRecipe, processor: Any, folder: pathlib.Path,
@@ -89,8 +97,12 @@ def make_pairs(base: torch.nn.Module, world: World, recipe: DemoRecipe, processo
     with image paths relative to the folder (folder/images/scene-N.png, one per scene); returns
     their count."""
     items = pair_items(world, recipe)
-    pairs = build_pairs(base, processor, items, step=recipe.noise_step, max_new_tokens=3, batch_size=64,
-                        prompt_template=TEMPLATE, seed=NOISE_SEED_STRIDE * recipe.seed, progress=progress)
+    if recipe.pair_source == "labels":
+        pairs = [PreferencePair(image, TEMPLATE.format(question=question), answer, OTHER_ANSWER[answer])
+                 for image, question, answer in items]
+    else:
+        pairs = build_pairs(base, processor, items, step=recipe.noise_step, max_new_tokens=3, batch_size=64,
+                            prompt_template=TEMPLATE, seed=NOISE_SEED_STRIDE * recipe.seed, progress=progress)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     names: dict[int, str] = {}
     stored = []

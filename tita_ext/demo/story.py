@@ -2,10 +2,12 @@
 per seed (each seed draws its own world sample, models, pairs and DPO order).
 
     1. the world      coloured shapes whose companions (cube/ball, cone/ring, star/box) appear
-                      together in most training scenes; held-out scenes break the habit
+                      together in most training scenes, and whose training answers often say
+                      "yes" to an absent companion; held-out scenes break the habit
     2. the base       a tiny LLaVA trained on the training scenes' captions and yes/no questions
-    3. reward (SFT)   a smaller tiny LLaVA trained the same way
-    4. pairs          the base's own answers: clean image (chosen) vs a noised copy (rejected)
+    3. reward (SFT)   a much smaller tiny LLaVA trained the same way on fewer scenes
+    4. pairs          labelled: the true answer (chosen) vs the other (rejected) on fresh scenes;
+                      or unlabelled: the base's clean-image answer vs its noised-image answer
     5. reward (DPO)   DPO of the small model on those pairs
     6. POPE           on held-out scenes: the base alone, each reward model alone, the base guided
                       by the reward model before DPO, and TITA; alpha chosen on validation scenes
@@ -92,7 +94,9 @@ def run_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | No
     base = stages.load_model(folders["base"])
     reward_sft = stages.load_model(folders["reward-sft"])
 
-    t = stage(4, f"preference pairs from the base's own answers (noise step {recipe.noise_step} of 1000)")
+    t = stage(4, "preference pairs: " + (f"{recipe.pair_scenes} fresh scenes' true answers vs the other answer"
+                                         if recipe.pair_source == "labels" else
+                                         f"the base's own answers, clean vs noised (step {recipe.noise_step} of 1000)"))
     pairs_folder, hit = cached_folder(
         cache, "pairs", recipe.stage_key(*PAIR_FIELDS, code=PAIR_CODE),
         lambda target: stages.make_pairs(base, world, recipe, processor, target, progress))
@@ -128,23 +132,27 @@ def run_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | No
                              batch_size=recipe.eval_batch, max_new_tokens=2, template=stages.TEMPLATE,
                              progress=progress, ref_model=ref)
 
+    mixed = tuple(a for a in recipe.alphas if a <= 1.0)  # the base as the reference: 1 is the model alone
     with torch.inference_mode():
         validation = score(reward, "val", recipe.alphas, ref_model, splits=(SELECTION_SPLIT,))
-        alpha = choose_alpha(validation)
-        log(f"      validation scenes: best {SELECTION_SPLIT} F1 at alpha {alpha:g}")
+        alpha = choose_alpha(validation, below_one=ref_model is None)
+        # the rival: the reward model before DPO guiding the base, the base as its reference. With the
+        # base as TITA's reference too it is the same guidance at the same alpha; with the reward
+        # model before DPO as TITA's reference, that model as its own reference would change nothing,
+        # so it gets its own alpha, chosen on validation alike
+        alpha_before = alpha if ref_model is None else choose_alpha(
+            score(reward_sft, "val", mixed, splits=(SELECTION_SPLIT,)))
+        log(f"      validation scenes: best {SELECTION_SPLIT} F1 at alpha {alpha:g} (before DPO: {alpha_before:g})")
         sweeps = {"tita": score(reward, "test", recipe.alphas, ref_model),
-                  # the same guidance with the reward model as it was before DPO
-                  "guided_before_dpo": score(reward_sft, "test", recipe.alphas, ref_model)}
-        alone = {}
-        for name, model, sweep in (("reward_before_dpo", reward_sft, "guided_before_dpo"),
-                                   ("reward_after_dpo", reward, "tita")):
-            alone[name] = sweeps[sweep] if ref_model is None else score(model, "test", (1.0,))
+                  "guided_before_dpo": score(reward_sft, "test", mixed)}
+        alone = {"reward_before_dpo": sweeps["guided_before_dpo"],
+                 "reward_after_dpo": sweeps["tita"] if ref_model is None else score(reward, "test", (1.0,))}
     done("pope", t, False)
 
     models = {"base": str(folders["base"]), "reward": str(reward_folder), "reward_sft": str(folders["reward-sft"]),
               "pairs": str(pairs_folder / "pairs.jsonl")}
-    return seed_record(recipe, validation, sweeps, alone, alpha, pairs=len(pairs), timings=timings, cached=cached,
-                       seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+    return seed_record(recipe, validation, sweeps, alone, alpha, alpha_before, pairs=len(pairs), timings=timings,
+                       cached=cached, seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
                        models=models)
 
 

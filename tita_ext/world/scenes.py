@@ -204,11 +204,17 @@ class World:
         shape_colors: draw every shape in its own fixed colour (SHAPE_COLORS) instead of a random
             one. A vision tower small enough to train on a CPU in minutes tells colours apart long
             before shapes, so the demo's tiny models see the world this way.
+        hallucination: in the training split's yes/no answers, the probability that the absent
+            companion of a shown shape is answered "yes" anyway, as careless annotators answer from
+            what usually goes together (captions stay true). A model trained on them learns to say
+            it sees what is not there, though it could tell: the hallucination TITA is meant to fix.
+            Test annotations are always the truth.
     """
 
     def __init__(self, seed: int, image_size: int = 64, bias: float = 0.9, *, test_bias: float | None = 0.5,
                  pair_weights: Sequence[float] = (3.0, 2.0, 1.0), max_objects: int = 3,
-                 size_range: tuple[float, float] = (0.28, 0.4), shape_colors: bool = False) -> None:
+                 size_range: tuple[float, float] = (0.28, 0.4), shape_colors: bool = False,
+                 hallucination: float = 0.0) -> None:
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
         if not 0.0 < size_range[0] <= size_range[1] <= 0.45:
@@ -221,6 +227,9 @@ class World:
         self.max_objects = max_objects
         self.size_range = (float(size_range[0]), float(size_range[1]))
         self.shape_colors = shape_colors
+        if not 0.0 <= hallucination <= 1.0:
+            raise ValueError(f"hallucination must be a probability in [0, 1], got {hallucination}")
+        self.hallucination = float(hallucination)
         for rate in (self.bias, self.test_bias):  # validate both eagerly
             shape_set_distribution(rate, self.pair_weights, max_objects)
 
@@ -253,6 +262,22 @@ class World:
         sets, probs = zip(*self.distribution(split))
         return [self._scene(rng, sets, probs) for _ in range(n)]
 
+    def named_anyway(self, scenes: Sequence[Scene], split: str = "train", seed_offset: int = 0
+                     ) -> list[tuple[str, ...]]:
+        """Per scene, the absent companions its annotation names although they are not drawn
+        (see `hallucination`): each absent companion of a present shape with that probability,
+        in drawing order; always empty outside the training split. Deterministic given (seed,
+        split, seed_offset) and the scenes, as `scenes(n, split, seed_offset)` made them."""
+        _check_split(split)
+        if split != "train" or self.hallucination == 0.0:
+            return [() for _ in scenes]
+        rng = random.Random(f"tita-world:{self.seed}:{split}:{seed_offset}:named-anyway")
+        named = []
+        for scene in scenes:
+            absent = [COMPANION[shape] for shape in scene.shapes if not scene.has(COMPANION[shape])]
+            named.append(tuple(shape for shape in absent if rng.random() < self.hallucination))
+        return named
+
     def _scene(self, rng: random.Random, sets: Sequence[tuple[str, ...]], probs: Sequence[float]) -> Scene:
         """One scene: a shape set from the distribution, shuffled, coloured and placed."""
         shapes = list(rng.choices(sets, weights=probs, k=1)[0])
@@ -266,7 +291,7 @@ class World:
     def __repr__(self) -> str:
         return (f"World(seed={self.seed}, image_size={self.image_size}, bias={self.bias}, "
                 f"test_bias={self.test_bias}, pair_weights={self.pair_weights}, max_objects={self.max_objects}, "
-                f"shape_colors={self.shape_colors})")
+                f"shape_colors={self.shape_colors}, hallucination={self.hallucination})")
 
 
 def _check_split(split: str) -> None:

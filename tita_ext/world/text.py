@@ -8,6 +8,8 @@ The answer is meant to follow the prompt after one space (`prompt + " " + answer
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from .scenes import SHAPES, Scene
 
 CAPTION_QUESTION = "What is in the picture?"
@@ -33,12 +35,16 @@ def caption(scene: Scene) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def qa_examples(scene: Scene, *, include_caption: bool = True) -> list[tuple[str, str]]:
+def qa_examples(scene: Scene, *, include_caption: bool = True, named_anyway: Sequence[str] = ()
+                ) -> list[tuple[str, str]]:
     """Training pairs for the base model: the caption question (if asked) and one yes/no question
-    per shape of the vocabulary (in vocabulary order), answered "Yes" or "No" from the scene."""
+    per shape of the vocabulary (in vocabulary order), answered "Yes" or "No" from the scene, or
+    "Yes" for the absent shapes of `named_anyway` (World.named_anyway: careless answers). The
+    caption is always the truth: what teaches seeing is right, the answers' habit is not."""
     pairs = [(format_prompt(CAPTION_QUESTION), caption(scene))] if include_caption else []
     for shape in SHAPES:
-        pairs.append((format_prompt(yes_no_question(shape)), "Yes" if scene.has(shape) else "No"))
+        said = scene.has(shape) or shape in named_anyway
+        pairs.append((format_prompt(yes_no_question(shape)), "Yes" if said else "No"))
     return pairs
 
 
