@@ -168,6 +168,26 @@ def test_summary_reports_every_seed_mean_spread_tests_and_checks():
     json.dumps(summary)  # JSON-ready as it is
 
 
+def test_summary_of_the_explicit_reference_form_keeps_each_sweeps_alphas():
+    recipe = DemoRecipe(alphas=(0.4, 1.0, 1.5), reference="reward-sft")
+    records = []
+    for seed in range(3):
+        sweeps = {"tita": results(60.0, {0.4: 62.0, 1.0: 66.0 + seed, 1.5: 64.0}),
+                  "guided_before_dpo": results(60.0, {0.4: 61.0, 1.0: 55.0})}  # the base as reference: up to 1
+        alone = {"reward_before_dpo": sweeps["guided_before_dpo"], "reward_after_dpo": results(60.0, {1.0: 50.0})}
+        validation = results(60.0, {0.4: 1.0, 1.0: 3.0, 1.5: 2.0})
+        records.append(seed_record(recipe.for_seed(seed), validation, sweeps, alone,
+                                   choose_alpha(validation, below_one=False), 0.4, pairs=10, timings={}, cached=[],
+                                   seconds=1.0, cpu_seconds=1.0, models={}))
+    summary = demo_summary(recipe, records, seconds=1, cpu_seconds=1, jobs=1)
+    assert summary["alphas"] == [1.0] * 3 and summary["alphas_before_dpo"] == [0.4] * 3
+    assert list(summary["curves"]["tita"]["adversarial"]) == ["0", "0.4", "1", "1.5"]
+    assert list(summary["curves"]["guided_before_dpo"]["adversarial"]) == ["0", "0.4", "1"]
+    assert summary["rows"]["tita"]["adversarial"]["f1"]["values"] == [66.0, 67.0, 68.0]
+    assert summary["rows"]["guided_before_dpo"]["adversarial"]["f1"]["mean"] == 61.0  # at its own alpha
+    assert summary["rows"]["reward_after_dpo"]["adversarial"]["f1"]["mean"] == 50.0
+
+
 def test_checks_fail_when_the_reward_alone_is_better_or_the_gain_is_not_from_dpo():
     records = [record(s, 60.0 + s, 66.0 + s, 66.0 + s + (0.5 if s % 2 else -0.5), 70.0, 55.0) for s in range(4)]
     checks = demo_summary(DemoRecipe(alphas=(0.4, 0.8, 1.0)), records, seconds=1, cpu_seconds=1, jobs=1)["checks"]

@@ -68,28 +68,28 @@ class DemoRecipe:
     seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     image_size: int = 32
-    world_bias: float = 0.9
+    world_bias: float = 0.6
     world_test_bias: float = 0.5
     world_size_range: tuple[float, float] = (0.28, 0.4)
-    world_hallucination: float = 0.0
-    base: ModelSize = ModelSize(hidden_size=64, layers=2, vision_hidden_size=64, vision_layers=2, seed=0)
-    reward: ModelSize = ModelSize(hidden_size=48, layers=1, vision_hidden_size=48, vision_layers=1, seed=1)
+    world_hallucination: float = 0.85
+    base: ModelSize = ModelSize(hidden_size=96, layers=1, vision_hidden_size=64, vision_layers=1, seed=0)
+    reward: ModelSize = ModelSize(hidden_size=32, layers=1, vision_hidden_size=32, vision_layers=1, seed=1)
     train_scenes: int = 1000
-    reward_train_scenes: int | None = None
+    reward_train_scenes: int | None = 300
     sft_epochs: int = 10
-    sft_lr: float = 2e-3
+    sft_lr: float = 1e-3
     sft_batch: int = 32
-    pair_scenes: int = 600
-    pair_split: str = "train"
-    pair_source: str = "noise"
+    pair_scenes: int = 200
+    pair_split: str = "test"
+    pair_source: str = "labels"
     noise_step: int = 500
     dpo_beta: float = 0.1
-    dpo_lr: float = 1e-4
-    dpo_epochs: int = 1
+    dpo_lr: float = 5e-4
+    dpo_epochs: int = 2
     dpo_batch: int = 16
     dpo_rpo_alpha: float = 0.0
-    reference: str = "base"
-    alphas: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    reference: str = "reward-sft"
+    alphas: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0)
     val_scenes: int = 150
     test_scenes: int = 200
     eval_batch: int = 64
@@ -119,8 +119,8 @@ class DemoRecipe:
     @classmethod
     def quick(cls) -> "DemoRecipe":
         """The whole story in seconds: two seeds, a few scenes and one epoch per stage (a smoke run)."""
-        return cls(seeds=(0, 1), train_scenes=40, sft_epochs=1, pair_scenes=20, val_scenes=8, test_scenes=10,
-                   alphas=(0.5, 1.0), eval_batch=32)
+        return cls(seeds=(0, 1), train_scenes=40, reward_train_scenes=20, sft_epochs=1, pair_scenes=20, val_scenes=8,
+                   test_scenes=10, alphas=(0.5, 1.0), eval_batch=32)
 
     def for_seed(self, seed: int) -> "DemoRecipe":
         """The recipe of one run: `seed` draws everything, `seeds` holds only it."""

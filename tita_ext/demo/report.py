@@ -128,9 +128,9 @@ def demo_summary(recipe: DemoRecipe, records: Sequence[Mapping[str, Any]], *, se
     tests = {s: {"tita_vs_base": _tests(values("tita", s), values("base", s)),
                  "tita_vs_guided_before_dpo": _tests(values("tita", s), values("guided_before_dpo", s))}
              for s in splits} if len(records) > 1 else {}
-    alphas = ["0"] + [f"{a:g}" for a in recipe.alphas]
-    curves = {name: {s: {a: describe([r["sweep"][name][s][a] for r in records]) for a in alphas} for s in splits}
-              for name in CURVES}
+    # each sweep's own alphas ("0": the base alone): the rival before DPO stops at 1
+    curves = {name: {s: {a: describe([r["sweep"][name][s][a] for r in records]) for a in records[0]["sweep"][name][s]}
+                     for s in splits} for name in CURVES}
     return {
         "seeds": [r["seed"] for r in records],
         "rows": rows,
@@ -252,7 +252,9 @@ def plot_demo(summary: Mapping[str, Any], png_path: pathlib.Path) -> None:
         line = lines.plot([float(x) for x in xs], mean, marker="o", label=ROW_NAMES[name])[0]
         lines.fill_between([float(x) for x in xs], [m - d for m, d in zip(mean, sd)],
                            [m + d for m, d in zip(mean, sd)], color=line.get_color(), alpha=0.2)
-    lines.set_xlabel("alpha (0: the base alone, 1: the reward model alone)")
+    explicit = summary["recipe"].get("reference") == "reward-sft"  # then TITA's alpha 1 is not the model alone
+    lines.set_xlabel("alpha (0: the base alone; 1 on the orange curve: the reward model before DPO alone)" if explicit
+                     else "alpha (0: the base alone, 1: the reward model alone)")
     lines.set_ylabel(f"{SELECTION_SPLIT} F1 (%)")
     lines.set_title("F1 against the guidance weight (mean ± sd)")
     lines.grid(alpha=0.3)
