@@ -45,11 +45,14 @@ def test_stage_keys_change_only_downstream_of_a_field():
     assert recipe.stage_key(*BASE_FIELDS) == changed.stage_key(*BASE_FIELDS)
     assert recipe.stage_key(*PAIR_FIELDS) == changed.stage_key(*PAIR_FIELDS)
     assert recipe.stage_key(*DPO_FIELDS) != changed.stage_key(*DPO_FIELDS)
-    smaller = DemoRecipe(reward=ModelSize(hidden_size=32, layers=1, vision_hidden_size=32, vision_layers=1, seed=1))
+    smaller = DemoRecipe(reward=ModelSize(hidden_size=24, layers=1, vision_hidden_size=24, vision_layers=1, seed=1))
     assert recipe.stage_key(*BASE_FIELDS) == smaller.stage_key(*BASE_FIELDS)
     assert recipe.stage_key(*REWARD_SFT_FIELDS) != smaller.stage_key(*REWARD_SFT_FIELDS)
-    world = DemoRecipe(world_bias=0.8)
-    assert all(recipe.stage_key(*f) != world.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
+    for world in (DemoRecipe(world_bias=0.8), DemoRecipe(world_hallucination=0.5)):
+        assert all(recipe.stage_key(*f) != world.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
+    labelled = DemoRecipe(pair_source="noise")
+    assert recipe.stage_key(*BASE_FIELDS) == labelled.stage_key(*BASE_FIELDS)
+    assert recipe.stage_key(*PAIR_FIELDS) != labelled.stage_key(*PAIR_FIELDS)
     other_seed = recipe.for_seed(3)
     assert all(recipe.stage_key(*f) != other_seed.stage_key(*f) for f in (BASE_FIELDS, REWARD_SFT_FIELDS, DPO_FIELDS))
     # the list of runs is not a stage input
@@ -213,7 +216,7 @@ def test_paired_tests_match_scipy():
 # --------------------------------------------------------------------------- stages
 
 def test_dpo_stage_moves_the_reward_model_and_leaves_its_start_alone():
-    recipe = DemoRecipe(dpo_batch=2, dpo_lr=1e-2)
+    recipe = DemoRecipe(dpo_batch=2, dpo_lr=1e-2, dpo_epochs=1)
     processor = tiny_llava_processor()
     start = stages.new_model(recipe.reward, recipe.model_seed(recipe.reward))
     before = {k: v.clone() for k, v in start.state_dict().items()}
@@ -227,7 +230,8 @@ def test_dpo_stage_moves_the_reward_model_and_leaves_its_start_alone():
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_pair_items_ask_about_every_shape_on_scenes_no_other_stage_uses(split):
-    recipe = DemoRecipe(pair_scenes=30, pair_split=split, val_scenes=40, test_scenes=40, train_scenes=200)
+    recipe = DemoRecipe(pair_scenes=30, pair_split=split, val_scenes=40, test_scenes=40, train_scenes=200,
+                        reward_train_scenes=100, pair_source="noise")
     world = stages.make_world(recipe)
     items = stages.pair_items(world, recipe)
     assert len(items) == 30 * len(SHAPES) and {q for _, q in items} == {yes_no_question(s) for s in SHAPES}

@@ -109,12 +109,12 @@ class DemoRecipe:
             raise ValueError(f"alphas must hold 1 (each reward model alone) and one below 1, got {self.alphas}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"seeds must be distinct non-negative integers, at least one, got {self.seeds}")
-        if self.reward_train_scenes is not None and not 1 <= self.reward_train_scenes <= self.train_scenes:
-            raise ValueError(f"reward_train_scenes must be between 1 and train_scenes ({self.train_scenes}), "
-                             f"got {self.reward_train_scenes}")
         for name in ("train_scenes", "sft_epochs", "pair_scenes", "dpo_epochs", "val_scenes", "test_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reward_train_scenes is not None and not 1 <= self.reward_train_scenes <= self.train_scenes:
+            raise ValueError(f"reward_train_scenes must be between 1 and train_scenes ({self.train_scenes}), "
+                             f"got {self.reward_train_scenes}: set it with train_scenes (None: all of them)")
 
     @classmethod
     def quick(cls) -> "DemoRecipe":
