@@ -133,6 +133,8 @@ def test_choose_alpha_takes_the_best_validation_f1_below_one():
         choose_alpha(results(70.0, {1.0: 80.0, 1.5: 81.0}))
     # with the reward model before DPO as the reference, alpha 1 is guidance like any other
     assert choose_alpha(results(70.0, {0.6: 75.0, 1.0: 80.0, 1.5: 79.0}), below_one=False) == 1.0
+    with pytest.raises(ValueError, match="needs at least one alpha to choose from"):
+        choose_alpha({"splits": {"adversarial": {"alphas": {}}}}, below_one=False)
 
 
 def record(seed: int, base: float, tita: float, before: float, alone_before: float, alone_after: float) -> dict:

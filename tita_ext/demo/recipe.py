@@ -47,10 +47,10 @@ class DemoRecipe:
         training scenes' captions and yes/no questions (tita_ext.training.sft); the reward model
         sees only the first `reward_train_scenes` of them (None: all), so that alone it stays weaker
         than the base, as the paper's small reward model is.
-    pair_scenes, pair_split, pair_source, noise_step: preference pairs from the base's own answers
-        on fresh scenes of `pair_split` ("train", or "test": the held-out distribution, never the
-        validation or test scenes themselves). pair_source "noise": unlabelled, the clean image's
-        answer (chosen) against a DDPM-noised copy's at `noise_step` of 1000 (rejected);
+    pair_scenes, pair_split, pair_source, noise_step: preference pairs on fresh scenes of
+        `pair_split` ("train", or "test": the held-out distribution, never the validation or test
+        scenes themselves). pair_source "noise": unlabelled, the base's clean-image answer (chosen)
+        against its answer on a DDPM-noised copy at `noise_step` of 1000 (rejected);
         "labels": every question's true answer (chosen) against the other one (rejected), a
         small human-labelled preference set.
     dpo_*: DPO of the reward model (tita_ext.training.dpo), from its supervised weights.

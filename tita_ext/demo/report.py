@@ -32,7 +32,8 @@ def choose_alpha(validation: Mapping[str, Any], split: str = SELECTION_SPLIT, *,
     reference no alpha is the reward model alone, and any swept alpha may be chosen."""
     scores = {a: m for a, m in validation["splits"][split]["alphas"].items() if a < 1.0 or not below_one}
     if not scores:
-        raise ValueError("the alpha sweep needs at least one alpha below 1 to choose from")
+        raise ValueError("the alpha sweep needs at least one alpha " + ("below 1 " if below_one else "")
+                         + "to choose from")
     return min(scores, key=lambda alpha: (-scores[alpha]["f1"], alpha))
 
 
@@ -140,8 +141,8 @@ def demo_summary(recipe: DemoRecipe, records: Sequence[Mapping[str, Any]], *, se
         "alphas": [r["alpha"] for r in records],
         "alphas_before_dpo": [r["alpha_before_dpo"] for r in records],
         "curves": curves,
-        "selection": f"per seed, the alpha below 1 with the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} "
-                     f"validation scenes",
+        "selection": f"per seed, the {'swept alpha' if recipe.reference == 'reward-sft' else 'alpha below 1'} with "
+                     f"the best {SELECTION_SPLIT} F1 on {recipe.val_scenes} validation scenes",
         "pairs": [r["pairs"] for r in records],
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
