@@ -301,3 +301,33 @@ def test_a_batch_mixing_image_and_text_only_pairs_scores_each_row_as_alone(base,
             scores = response_logprobs(base, batch)
             for row, pair in enumerate(order):
                 torch.testing.assert_close(scores[[row, row + 2]], alone[id(pair)])
+
+
+def test_encoded_rows_kept_across_epochs_train_exactly_as_encoding_every_step(processor):
+    """The pairs' encodings kept for later epochs (the default) give the same losses and weights as
+    encoding every step (keep_encoded_bytes 0), and as a budget that keeps only some of them."""
+    pairs = [PreferencePair(demo_image(c), "USER: <image>\nWhat colour is it? ASSISTANT:", c, o)
+             for c, o in (("red", "blue"), ("blue", "green"), ("green", "red"))]
+    runs = {}
+    one_pair = sum(v.numel() * v.element_size() for v in encode_pairs(processor, pairs[:1]).values())  # ~ one kept
+    for keep in (0, one_pair, 1 << 30):
+        model = tiny_llava(seed=2, hidden_size=32, layers=1)
+        result = train_reward_dpo(model, processor, pairs, lr=1e-3, batch_size=2, epochs=3, keep_encoded_bytes=keep,
+                                  progress=False)
+        runs[keep] = (result["losses"], [p.detach().clone() for p in model.parameters()])
+    for keep in (one_pair, 1 << 30):
+        assert runs[keep][0] == runs[0][0]
+        assert all(torch.equal(a, b) for a, b in zip(runs[keep][1], runs[0][1]))
+    with pytest.raises(ValueError, match="keep_encoded_bytes must be >= 0"):
+        train_reward_dpo(tiny_llava(seed=2, hidden_size=32, layers=1), processor, pairs, keep_encoded_bytes=-1,
+                         progress=False)
+
+
+def test_encode_pairs_rows_are_encode_row_rows(processor):
+    pair = PreferencePair(demo_image("red"), "USER: <image>\nWhat is it? ASSISTANT:", "A red cube.", "A ball.")
+    batch = encode_pairs(processor, [pair])
+    for row, response in enumerate((pair.chosen, pair.rejected)):
+        alone = encode_row(processor, pair.prompt, response, pair.image)
+        width = alone["input_ids"].shape[1]
+        assert torch.equal(batch["labels"][row, :width], alone["labels"][0])
+        assert torch.equal(batch["input_ids"][row, :width], alone["input_ids"][0])

@@ -33,8 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of every stage in seconds (too little training to mean anything)")
     parser.add_argument("--jobs", type=int, metavar="N",
-                        help="seeds trained at once, in worker processes of one torch thread each (default: one "
-                             "per core, at most one per seed); the numbers do not depend on it")
+                        help="worker processes of one torch thread each, taking the seeds' stages (base, reward "
+                             "model, evaluation) as they become ready (default: one per core); the numbers do not "
+                             "depend on it")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="run seeds 0..N-1 (default: the recipe's, 5; the paired tests need at least 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -54,11 +54,13 @@ def save_model(model: torch.nn.Module, folder: pathlib.Path) -> None:
     tiny_llava_processor().save_pretrained(folder)
 
 
-def sft_rows(world: World, recipe: DemoRecipe, processor: Any, progress: bool) -> list[dict]:
-    """The supervised rows: every training scene's caption and its six yes/no questions, as its
-    (noisy: World.named_anyway) annotation says, scene by scene (the first k scenes' rows are
-    `rows_per_scene() * k` rows)."""
-    scenes = world.scenes(recipe.train_scenes, "train")
+def sft_rows(world: World, recipe: DemoRecipe, processor: Any, progress: bool,
+             count: int | None = None) -> list[dict]:
+    """The supervised rows of the first `count` training scenes (None: all `recipe.train_scenes`):
+    every scene's caption and its six yes/no questions, as its (noisy: World.named_anyway)
+    annotation says, scene by scene (`rows_per_scene()` rows each; the first k scenes are the same
+    whatever the count: World.scenes)."""
+    scenes = world.scenes(recipe.train_scenes if count is None else count, "train")
     examples = [(render(scene), prompt, answer)
                 for scene, named in zip(scenes, world.named_anyway(scenes, "train"))
                 for prompt, answer in qa_examples(scene, named_anyway=named)]
@@ -91,11 +93,11 @@ def pair_items(world: World, recipe: DemoRecipe) -> list[tuple]:
             for scene, image in zip(scenes, map(render, scenes)) for shape in SHAPES]
 
 
-def make_pairs(base: torch.nn.Module, world: World, recipe: DemoRecipe, processor: Any, folder: pathlib.Path,
+def make_pairs(base: torch.nn.Module | None, world: World, recipe: DemoRecipe, processor: Any, folder: pathlib.Path,
                progress: bool) -> int:
     """Build the preference pairs and write folder/pairs.jsonl, the format `tita-ext pairs` writes,
     with image paths relative to the folder (folder/images/scene-N.png, one per scene); returns
-    their count."""
+    their count. The base answers the unlabelled ("noise") pairs; labelled pairs do not use it."""
     items = pair_items(world, recipe)
     if recipe.pair_source == "labels":
         pairs = [PreferencePair(image, TEMPLATE.format(question=question), answer, OTHER_ANSWER[answer])

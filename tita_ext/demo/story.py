@@ -19,6 +19,8 @@ worker processes.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pathlib
 import time
@@ -35,94 +37,133 @@ from .recipe import (BASE_FIELDS, DPO_CODE, DPO_FIELDS, PAIR_CODE, PAIR_FIELDS, 
                      DemoRecipe)
 from .report import (SELECTION_SPLIT, choose_alpha, demo_summary, format_summary, plot_demo, seed_record,
                      write_summary)
+from .schedule import Task, run_tasks
 
 Log = Callable[[str], None]
+STAGES = 6
 
 
-def run_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | None, *, progress: bool = False,
-             log: Log = print) -> dict[str, Any]:
-    """The six stages for one seed (`recipe.seed`); POPE folders under out_dir/seed-N/pope.
-    Returns its record (see report.seed_record)."""
-    started, cpu_started = time.perf_counter(), time.process_time()
-    folder = out_dir / f"seed-{recipe.seed}" / "pope"
-    processor = tiny_llava_processor()
-    world = stages.make_world(recipe)
-    timings: dict[str, float] = {}
-    cached: list[str] = []
+class _Stages:
+    """Numbered log lines and per-stage timings of one task of one seed."""
 
-    def stage(number: int, title: str) -> float:
-        log(f"[{number}/6] {title}")
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.timings: dict[str, float] = {}
+        self.cached: list[str] = []
+
+    def start(self, number: int, title: str) -> float:
+        self.log(f"[{number}/{STAGES}] {title}")
         return time.perf_counter()
 
-    def done(name: str, t: float, hit: bool, detail: str = "") -> None:
-        timings[name] = time.perf_counter() - t
+    def done(self, name: str, t: float, hit: bool, detail: str = "") -> None:
+        self.timings[name] = time.perf_counter() - t
         if hit:
-            cached.append(name)
-        how = "from the cache" if hit else f"{timings[name]:.0f} s"
-        log(f"      done ({how}){': ' + detail if detail else ''}")
+            self.cached.append(name)
+        how = "from the cache" if hit else f"{self.timings[name]:.0f} s"
+        self.log(f"      done ({how}){': ' + detail if detail else ''}")
 
-    t = stage(1, "the world")
-    pope = stages.write_pope_sets(world, recipe, folder)
-    log(f"      {recipe.train_scenes} training scenes, {recipe.val_scenes} validation and {recipe.test_scenes} "
-        f"test scenes ({folder})")
-    rows: list[dict] | None = None
 
-    def supervised_rows() -> list[dict]:
-        nonlocal rows
-        if rows is None:
-            rows = stages.sft_rows(world, recipe, processor, progress)
-        return rows
+def _supervised(recipe: DemoRecipe, cache: pathlib.Path | None, name: str, size, fields, scenes: int | None,
+                number: int, what: str, stages_: _Stages, progress: bool) -> pathlib.Path:
+    """Stage 2 or 3: a model of `size` trained on the first `scenes` training scenes (None: all)."""
+    count = scenes or recipe.train_scenes
+    t = stages_.start(number, f"{what}: hidden {size.hidden_size} x {size.layers}, vision {size.vision_hidden_size} "
+                              f"x {size.vision_layers}, {count} scenes, {recipe.sft_epochs} epochs")
 
-    def write_supervised(size, scenes: int | None):
-        def write(target: pathlib.Path) -> None:
-            data = supervised_rows()[:None if scenes is None else scenes * stages.rows_per_scene()]
-            model, record = stages.train_supervised(size, data, recipe, processor, progress)
-            stages.save_model(model, target)
-            log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}")
-        return write
+    def write(target: pathlib.Path) -> None:
+        processor = tiny_llava_processor()
+        rows = stages.sft_rows(stages.make_world(recipe), recipe, processor, progress, count=count)
+        model, record = stages.train_supervised(size, rows, recipe, processor, progress)
+        stages.save_model(model, target)
+        stages_.log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}")
 
-    folders: dict[str, pathlib.Path] = {}
-    for number, (name, size, fields, scenes) in enumerate(
-            (("base", recipe.base, BASE_FIELDS, None),
-             ("reward-sft", recipe.reward, REWARD_SFT_FIELDS, recipe.reward_train_scenes)), start=2):
-        what = "the base model" if name == "base" else "the reward model, supervised (before DPO)"
-        t = stage(number, f"{what}: hidden {size.hidden_size} x {size.layers}, vision {size.vision_hidden_size} x "
-                          f"{size.vision_layers}, {scenes or recipe.train_scenes} scenes, {recipe.sft_epochs} epochs")
-        folders[name], hit = cached_folder(cache, name, recipe.stage_key(*fields, code=SFT_CODE),
-                                           write_supervised(size, scenes))
-        done(name, t, hit, str(folders[name]))
-    base = stages.load_model(folders["base"])
-    reward_sft = stages.load_model(folders["reward-sft"])
+    folder, hit = cached_folder(cache, name, recipe.stage_key(*fields, code=SFT_CODE), write)
+    stages_.done(name, t, hit, str(folder))
+    return folder
 
-    t = stage(4, "preference pairs: " + (f"{recipe.pair_scenes} fresh scenes' true answers vs the other answer"
-                                         if recipe.pair_source == "labels" else
-                                         f"the base's own answers, clean vs noised (step {recipe.noise_step} of 1000)"))
-    pairs_folder, hit = cached_folder(
-        cache, "pairs", recipe.stage_key(*PAIR_FIELDS, code=PAIR_CODE),
-        lambda target: stages.make_pairs(base, world, recipe, processor, target, progress))
+
+def _task_result(stages_: _Stages, started: float, cpu_started: float, folders: dict[str, pathlib.Path],
+                 **extra: Any) -> dict[str, Any]:
+    return {"folders": {k: str(v) for k, v in folders.items()}, "timings": stages_.timings,
+            "cached": stages_.cached, "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started, **extra}
+
+
+def train_base(recipe: DemoRecipe, cache: pathlib.Path | None, *, progress: bool = False,
+               log: Log = print) -> dict[str, Any]:
+    """Stage 2 of one seed (`recipe.seed`): the base model, from the cache when it is there.
+    Returns {"folders": {"base": path}, "timings", "cached", "seconds", "cpu_seconds"}."""
+    started, cpu_started, stages_ = time.perf_counter(), time.process_time(), _Stages(log)
+    folder = _supervised(recipe, cache, "base", recipe.base, BASE_FIELDS, None, 2, "the base model", stages_,
+                         progress)
+    return _task_result(stages_, started, cpu_started, {"base": folder})
+
+
+def train_reward(recipe: DemoRecipe, cache: pathlib.Path | None, base_folder: str | None = None, *,
+                 progress: bool = False, log: Log = print) -> dict[str, Any]:
+    """Stages 3-5 of one seed: the reward model's supervised training, the preference pairs and DPO.
+    base_folder: the base model, needed only by unlabelled pairs (`recipe.pair_source` "noise").
+    Returns {"folders": {"reward-sft", "pairs", "reward"}, "pairs": count, "timings", "cached",
+    "seconds", "cpu_seconds"}."""
+    started, cpu_started, stages_ = time.perf_counter(), time.process_time(), _Stages(log)
+    sft_folder = _supervised(recipe, cache, "reward-sft", recipe.reward, REWARD_SFT_FIELDS,
+                             recipe.reward_train_scenes, 3, "the reward model, supervised (before DPO)", stages_,
+                             progress)
+    reward_sft = stages.load_model(sft_folder)
+    processor = tiny_llava_processor()
+
+    t = stages_.start(4, "preference pairs: " + (f"{recipe.pair_scenes} fresh scenes' true answers vs the other answer"
+                                                 if recipe.pair_source == "labels" else
+                                                 f"the base's own answers, clean vs noised (step {recipe.noise_step} "
+                                                 f"of 1000)"))
+
+    def write_pairs(target: pathlib.Path) -> None:
+        if recipe.pair_source != "labels" and base_folder is None:
+            raise ValueError("unlabelled pairs (pair_source 'noise') need the base model's folder")
+        base = None if recipe.pair_source == "labels" else stages.load_model(pathlib.Path(base_folder))
+        stages.make_pairs(base, stages.make_world(recipe), recipe, processor, target, progress)
+
+    pairs_folder, hit = cached_folder(cache, "pairs", recipe.stage_key(*PAIR_FIELDS, code=PAIR_CODE), write_pairs)
     pairs = stages.load_pairs(pairs_folder)
-    done("pairs", t, hit, f"{len(pairs)} pairs")
+    stages_.done("pairs", t, hit, f"{len(pairs)} pairs")
 
-    t = stage(5, f"the reward model: DPO (beta {recipe.dpo_beta:g}, {recipe.dpo_epochs} epoch(s), "
-                 f"lr {recipe.dpo_lr:g})")
+    t = stages_.start(5, f"the reward model: DPO (beta {recipe.dpo_beta:g}, {recipe.dpo_epochs} epoch(s), "
+                         f"lr {recipe.dpo_lr:g})")
 
     def write_reward(target: pathlib.Path) -> None:
         if not pairs:  # only an undertrained base (a --quick run) answers the same either way
-            log("      no pairs (the base answered every question the same with and without noise): "
-                "the reward model stays as supervised")
+            stages_.log("      no pairs (the base answered every question the same with and without noise): "
+                        "the reward model stays as supervised")
             stages.save_model(reward_sft, target)
             return
         model, record = stages.train_reward(reward_sft, pairs, recipe, processor, progress)
         stages.save_model(model, target)
         tail = record["reward_accuracies"][-10:]
-        log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}, "
-            f"reward accuracy {sum(tail) / len(tail):.2f} (last 10 steps)")
+        stages_.log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}, "
+                    f"reward accuracy {sum(tail) / len(tail):.2f} (last 10 steps)")
 
     reward_folder, hit = cached_folder(cache, "reward", recipe.stage_key(*DPO_FIELDS, code=DPO_CODE), write_reward)
-    reward = stages.load_model(reward_folder)
-    done("reward", t, hit, str(reward_folder))
+    stages_.done("reward", t, hit, str(reward_folder))
+    return _task_result(stages_, started, cpu_started,
+                        {"reward-sft": sft_folder, "pairs": pairs_folder, "reward": reward_folder}, pairs=len(pairs))
 
-    t = stage(6, f"POPE: the base alone vs guidance at alpha {', '.join(f'{a:g}' for a in recipe.alphas)}")
+
+def evaluate_seed(recipe: DemoRecipe, out_dir: pathlib.Path, trained: list[dict[str, Any]], *,
+                  progress: bool = False, log: Log = print) -> dict[str, Any]:
+    """Stages 1 and 6 of one seed: its POPE sets (out_dir/seed-N/pope) and the evaluation of the
+    models `trained` holds (train_base's and train_reward's results). Returns the seed's record
+    (see report.seed_record), its timings and CPU seconds those of all its tasks together; also
+    written to out_dir/seed-N/record.json (kept if a later seed fails)."""
+    started, cpu_started, stages_ = time.perf_counter(), time.process_time(), _Stages(log)
+    folder = out_dir / f"seed-{recipe.seed}" / "pope"
+    processor = tiny_llava_processor()
+    t = stages_.start(1, "the world")
+    pope = stages.write_pope_sets(stages.make_world(recipe), recipe, folder)
+    stages_.done("world", t, False, f"{recipe.val_scenes} validation and {recipe.test_scenes} test scenes ({folder})")
+    folders = {k: pathlib.Path(v) for part in trained for k, v in part["folders"].items()}
+    base, reward_sft, reward = (stages.load_model(folders[k]) for k in ("base", "reward-sft", "reward"))
+
+    t = stages_.start(6, f"POPE: the base alone vs guidance at alpha {', '.join(f'{a:g}' for a in recipe.alphas)}")
     ref_model = reward_sft if recipe.reference == "reward-sft" else None
 
     def score(model, scenes: str, alphas, ref=None, splits=None) -> dict[str, Any]:
@@ -147,19 +188,29 @@ def run_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | No
                   "guided_before_dpo": score(reward_sft, "test", mixed)}
         alone = {"reward_before_dpo": sweeps["guided_before_dpo"],
                  "reward_after_dpo": sweeps["tita"] if ref_model is None else score(reward, "test", (1.0,))}
-    done("pope", t, False)
+    stages_.done("pope", t, False)
 
-    models = {"base": str(folders["base"]), "reward": str(reward_folder), "reward_sft": str(folders["reward-sft"]),
-              "pairs": str(pairs_folder / "pairs.jsonl")}
-    return seed_record(recipe, validation, sweeps, alone, alpha, alpha_before, pairs=len(pairs), timings=timings,
-                       cached=cached, seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                       models=models)
+    parts = trained + [_task_result(stages_, started, cpu_started, {})]
+    timings = {k: v for part in parts for k, v in part["timings"].items()}
+    order = ("world", "base", "reward-sft", "pairs", "reward", "pope")
+    models = {"base": str(folders["base"]), "reward": str(folders["reward"]), "reward_sft": str(folders["reward-sft"]),
+              "pairs": str(folders["pairs"] / "pairs.jsonl")}
+    record = seed_record(recipe, validation, sweeps, alone, alpha, alpha_before,
+                       pairs=next(part["pairs"] for part in trained if "pairs" in part),
+                       timings={k: timings[k] for k in order if k in timings},
+                       cached=[k for part in parts for k in part["cached"]],
+                       seconds=sum(part["seconds"] for part in parts),
+                       cpu_seconds=sum(part["cpu_seconds"] for part in parts), models=models)
+    write_summary(record, out_dir / f"seed-{recipe.seed}" / "record.json")  # kept if a later seed fails
+    return record
 
 
-def _one_thread_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | None,
-                     progress: bool) -> dict[str, Any]:
-    """run_seed on one torch thread (restored after), its log lines prefixed with the seed; its
-    record is also written to out_dir/seed-N/record.json."""
+_TASKS = {"base": train_base, "reward": train_reward, "pope": evaluate_seed}
+
+
+def _one_thread(task: str, progress: bool, recipe: DemoRecipe, *arguments: Any) -> Any:
+    """A task of one seed (a _TASKS name) on one torch thread (restored after), its log lines
+    prefixed with the seed."""
     from transformers.utils import logging as hf_logging
 
     threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
@@ -167,14 +218,34 @@ def _one_thread_seed(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.P
     if not progress:  # transformers' loading / saving bars
         hf_logging.disable_progress_bar()
     try:
-        record = run_seed(recipe, out_dir, cache, progress=progress,
-                          log=lambda line: print(f"  seed {recipe.seed}: {line}", flush=True))
-        write_summary(record, out_dir / f"seed-{recipe.seed}" / "record.json")  # kept if a later seed fails
-        return record
+        return _TASKS[task](recipe, *arguments, progress=progress,
+                            log=lambda line: print(f"  seed {recipe.seed}: {line}", flush=True))
     finally:
         torch.set_num_threads(threads)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def seed_tasks(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | None,
+               progress: bool = False) -> list[Task]:
+    """The three tasks of each seed: the base, the reward model (supervised, pairs, DPO; after the
+    base only when its pairs come from the base's answers) and the evaluation, after both. Costs
+    are rough shares of one seed's CPU time at the default recipe (see demo.json's stage_seconds).
+    progress: progress bars (only readable when the tasks run one at a time)."""
+    tasks = []
+    for run in (recipe.for_seed(seed) for seed in recipe.seeds):
+        base, reward, pope = ("base", run.seed), ("reward", run.seed), ("pope", run.seed)
+        needs_base = run.pair_source != "labels"
+        tasks += [
+            Task(base, _one_thread, lambda done, run=run: ("base", progress, run, cache), cost=6.0),
+            Task(reward, _one_thread, after=(base,) if needs_base else (), cost=2.0, arguments=(
+                lambda done, run=run, base=base: ("reward", progress, run, cache,
+                                                  done[base]["folders"]["base"] if needs_base else None))),
+            Task(pope, _one_thread, after=(base, reward), cost=2.0, arguments=(
+                lambda done, run=run, base=base, reward=reward: ("pope", progress, run, out_dir,
+                                                                 [done[base], done[reward]]))),
+        ]
+    return tasks
 
 
 def available_cores() -> int:
@@ -187,30 +258,23 @@ def available_cores() -> int:
 
 def run_story(recipe: DemoRecipe, out_dir: pathlib.Path, cache: pathlib.Path | None, *, progress: bool = True,
               results_json: pathlib.Path | None = None, jobs: int | None = None) -> dict[str, Any]:
-    """Run every seed of the recipe (`jobs` at once; default: one per core, at most one per seed);
-    write out_dir/{seed-N/pope/, demo.json, demo.png} (and results_json when given).
+    """Run every seed of the recipe on `jobs` worker processes (default: one per core, at most
+    three per seed), its tasks (see seed_tasks) scheduled longest remaining path first; write
+    out_dir/{seed-N/pope/, demo.json, demo.png} (and results_json when given).
 
     Returns the summary (see report.demo_summary): per setting and POPE split, F1 mean, spread and
     every seed's value, the paired tests, the checks, the alpha curves and the timings."""
     started, cpu_started, children = time.perf_counter(), time.process_time(), _children_cpu_seconds()
-    jobs = min(len(recipe.seeds), available_cores()) if jobs is None else jobs
+    jobs = min(3 * len(recipe.seeds), available_cores()) if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     out_dir.mkdir(parents=True, exist_ok=True)
     bias = ", ".join(f"{a}/{b}" for a, b in PAIRS)
     print(f"  the world: companions {bias} together in {recipe.world_bias:.0%} of training scenes, "
           f"{recipe.world_test_bias:.0%} of held-out ones; seeds {', '.join(map(str, recipe.seeds))}, "
-          f"{jobs} at a time, one thread each", flush=True)
-    runs = [recipe.for_seed(seed) for seed in recipe.seeds]
-    show = progress and jobs == 1
-    if jobs == 1:
-        records = [_one_thread_seed(run, out_dir, cache, show) for run in runs]
-    else:
-        import multiprocessing
-
-        # a Pool (not a ProcessPoolExecutor): leaving the block, also on Ctrl-C, terminates the workers
-        with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-            records = pool.starmap(_one_thread_seed, [(run, out_dir, cache, False) for run in runs], chunksize=1)
+          f"their stages on {jobs} worker{'s' if jobs > 1 else ''}, one thread each", flush=True)
+    done = run_tasks(seed_tasks(recipe, out_dir, cache, progress and jobs == 1), jobs)
+    records = [done[("pope", seed)] for seed in recipe.seeds]
     cpu_seconds = time.process_time() - cpu_started + _children_cpu_seconds() - children
     summary = demo_summary(recipe, records, seconds=time.perf_counter() - started, cpu_seconds=cpu_seconds, jobs=jobs)
     print("\n" + format_summary(summary))

@@ -50,10 +50,24 @@ def encode_row(processor, prompt: str, response: str, image=None, *, separator: 
     The text is tokenized whole, as the model saw it when it generated the response; the prompt /
     response boundary is where the whole text's ids stop matching the prompt's own ids (so a
     token merged across the boundary counts as response)."""
-    prompt_row = _encode_text(processor, prompt, image)
+    prompt_ids = _encode_text(processor, prompt, image)["input_ids"][0]
+    return _response_row(processor, prompt_ids, prompt, response, image, separator, append_eos)
+
+
+def encode_pair_rows(processor, pair: PreferencePair, image=None, *, separator: str = " ",
+                     append_eos: bool = True) -> tuple[dict, dict]:
+    """(chosen row, rejected row) of one pair, as `encode_row` makes them (the prompt encoded once)."""
+    prompt_ids = _encode_text(processor, pair.prompt, image)["input_ids"][0]
+    return tuple(_response_row(processor, prompt_ids, pair.prompt, response, image, separator, append_eos)
+                 for response in (pair.chosen, pair.rejected))
+
+
+def _response_row(processor, prompt_ids: torch.Tensor, prompt: str, response: str, image, separator: str,
+                  append_eos: bool) -> dict:
+    """encode_row given the prompt's own ids [P]."""
     row = _encode_text(processor, prompt + separator + response, image)
     ids = row["input_ids"][0]
-    boundary = _common_prefix(prompt_row["input_ids"][0], ids)
+    boundary = _common_prefix(prompt_ids, ids)
     labels = ids.clone()
     labels[:boundary] = IGNORE_INDEX
     eos = _tokenizer(processor).eos_token_id
@@ -101,14 +115,21 @@ def encode_pairs(processor, pairs: Sequence[PreferencePair | dict], images_root:
     """A training batch for B pairs: 2B right-padded rows, the chosen responses first (rows 0..B-1),
     then the rejected ones (B..2B-1), each with its pair's image."""
     pairs = [_as_pair(p) for p in pairs]
-    images = [None if p.image is None else load_image(p.image, images_root) for p in pairs]
-    rows = [encode_row(processor, p.prompt, p.chosen, img, separator=separator, append_eos=append_eos)
-            for p, img in zip(pairs, images)]
-    rows += [encode_row(processor, p.prompt, p.rejected, img, separator=separator, append_eos=append_eos)
-             for p, img in zip(pairs, images)]
+    encoded = [encode_pair_rows(processor, p, None if p.image is None else load_image(p.image, images_root),
+                                separator=separator, append_eos=append_eos) for p in pairs]
+    return collate_pairs(processor, encoded)
+
+
+def collate_pairs(processor, encoded: Sequence[tuple[dict, dict]]) -> dict:
+    """encode_pair_rows' (chosen, rejected) rows of B pairs as one batch of 2B rows, chosen first."""
     tokenizer = _tokenizer(processor)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [chosen for chosen, _ in encoded] + [rejected for _, rejected in encoded]
     return collate_rows(rows, pad if pad is not None else 0)
+
+
+def _row_bytes(rows: Sequence[dict]) -> int:
+    return sum(v.numel() * v.element_size() for row in rows for v in row.values() if isinstance(v, torch.Tensor))
 
 
 # --- scoring and loss ---------------------------------------------------------------------------
@@ -160,7 +181,7 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
                      epochs: int = 1, batch_size: int = 4, max_steps: int | None = None, seed: int = 0,
                      ref_model=None, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
                      rpo_alpha: float = 0.0, separator: str = " ", append_eos: bool = True,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, keep_encoded_bytes: int = 1 << 30) -> dict:
     """Train `model` (in place) with DPO on `pairs`; the reference is `ref_model` or, by default, a
     frozen deep copy of `model` as it starts.
 
@@ -172,6 +193,9 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
     rpo_alpha > 0 adds rpo_alpha times the chosen responses' mean per-token negative log-likelihood
     (RPO, Pang et al. 2024; TRL's `rpo_alpha`): it keeps DPO from lowering the chosen answers'
     likelihood along with the rejected ones', the collapse small models show after many steps.
+    Each pair is encoded (tokenized, its image preprocessed) once and its rows kept for the later
+    epochs, up to `keep_encoded_bytes` of tensors (0: encode every time; pairs past the budget
+    are encoded at each use): the processor's work otherwise dominates a small model's step.
 
     Returns a dict: model (the trained model, in eval mode), losses, chosen_rewards,
     rejected_rewards, reward_accuracies (per step: batch means; accuracy = share of pairs whose
@@ -184,6 +208,8 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
         raise ValueError("no preference pairs to train on")
     if rpo_alpha < 0:
         raise ValueError(f"rpo_alpha must be >= 0, got {rpo_alpha}")
+    if keep_encoded_bytes < 0:
+        raise ValueError(f"keep_encoded_bytes must be >= 0 (0: keep nothing), got {keep_encoded_bytes}")
     total = total_steps(len(pairs), batch_size, epochs, max_steps)
     if ref_model is None:
         ref_model = copy.deepcopy(model)
@@ -198,11 +224,23 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
     history = {"losses": [], "chosen_rewards": [], "rejected_rewards": [], "reward_accuracies": []}
     bar = tqdm(total=total, desc="dpo", unit="step", disable=not progress)
     started, step = time.perf_counter(), 0
+    kept: dict[int, tuple[dict, dict]] = {}
+    kept_bytes = 0
+
+    def encoded(i: int) -> tuple[dict, dict]:
+        nonlocal kept_bytes
+        if i in kept:
+            return kept[i]
+        pair = pairs[i]
+        rows = encode_pair_rows(processor, pair, None if pair.image is None else load_image(pair.image, images_root),
+                                separator=separator, append_eos=append_eos)
+        if kept_bytes + _row_bytes(rows) <= keep_encoded_bytes:
+            kept[i], kept_bytes = rows, kept_bytes + _row_bytes(rows)
+        return rows
+
     for indices in index_batches(len(pairs), batch_size, total, seed):
-        chunk = [pairs[i] for i in indices]
-        batch = _to_device(encode_pairs(processor, chunk, images_root, separator=separator,
-                                        append_eos=append_eos), device, dtype)
-        n = len(chunk)
+        batch = _to_device(collate_pairs(processor, [encoded(i) for i in indices]), device, dtype)
+        n = len(indices)
         policy = response_logprobs(model, batch)
         with torch.no_grad():
             ref = response_logprobs(ref_model, batch)
