@@ -84,8 +84,8 @@ class DemoRecipe:
     pair_source: str = "labels"
     noise_step: int = 500
     dpo_beta: float = 0.1
-    dpo_lr: float = 5e-4
-    dpo_epochs: int = 2
+    dpo_lr: float = 1e-3
+    dpo_epochs: int = 4
     dpo_batch: int = 16
     dpo_rpo_alpha: float = 0.0
     reference: str = "reward-sft"
