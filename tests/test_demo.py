@@ -166,6 +166,8 @@ def test_summary_reports_every_seed_mean_spread_tests_and_checks():
     assert summary["curves"]["tita"]["adversarial"]["0"]["mean"] == 60.0
     assert summary["curves"]["guided_before_dpo"]["adversarial"]["1"]["mean"] == 50.0
     assert summary["machine"]["cpu_capability"] and summary["machine"]["torch"] == torch.__version__
+    op = summary["machine"]["op_cpu_capability"]
+    assert op in ("avx512", "avx2", "default") or op.startswith("not built")
     text = format_summary(summary)
     for line in ("reward model alone, before DPO", "TITA (reward after DPO)", "+6.5 ±", "(a) the reward model alone "
                  "is weaker than the base: yes", "(c) the gain comes from DPO: yes", "sign-flip p=0.0625"):

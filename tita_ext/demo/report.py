@@ -153,12 +153,24 @@ def demo_summary(recipe: DemoRecipe, records: Sequence[Mapping[str, Any]], *, se
 
 
 def machine(jobs: int) -> dict[str, Any]:
-    """Where the numbers come from: processor, the instruction set torch ran, versions, cores."""
+    """Where the numbers come from: processor, the instruction sets torch's kernels and the fused
+    op's ran (and the variables that lowered them), versions, cores and workers."""
     import numpy
 
     return {"cpu": _cpu_name(), "cores": os.cpu_count(), "jobs": jobs, "threads_per_seed": 1,
             "python": platform.python_version(), "numpy": numpy.__version__, **environment(),
-            "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY", "")}
+            "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+            "op_cpu_capability": _op_capability(),
+            "tita_ext_cpu_capability_env": os.environ.get("TITA_EXT_CPU_CAPABILITY", "")}
+
+
+def _op_capability() -> str:
+    """The instruction set of the compiled fused op's CPU kernels (guided decoding's sampler)."""
+    try:
+        from .. import _C
+    except ImportError:
+        return "not built (the pure-PyTorch reference runs)"
+    return str(_C.build_info().get("cpu_capability", ""))
 
 
 def _cpu_name() -> str:
@@ -212,7 +224,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             lines.append(f"  {label}: {'yes' if checks[key]['holds'] else 'NO'} ({checks[key]['detail']})")
     cpu = summary["machine"]
     lines.append(f"\ntotal {summary['seconds']:.0f} s wall, {summary['cpu_seconds']:.0f} s CPU "
-                 f"({summary['machine']['jobs']} seeds at a time; {cpu['cpu']}, {cpu['cpu_capability']})")
+                 f"({cpu['jobs']} worker{'s' if cpu['jobs'] > 1 else ''}; {cpu['cpu']}, torch {cpu['cpu_capability']}"
+                 + (f", op {cpu['op_cpu_capability']})" if "op_cpu_capability" in cpu else ")"))
     return "\n".join(lines)
 
 
