@@ -264,6 +264,23 @@ def test_labelled_pairs_prefer_the_truth_to_the_other_answer(tmp_path):
 def test_demo_refuses_counts_below_one(capsys, flag):
     assert main(["demo", "--quick", flag, "0", "--no-cache"]) == 2
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--first-seed", "-1", "--no-cache"]) == 2
+    assert "--first-seed must be at least 0, got -1" in capsys.readouterr().err
+
+
+def test_first_seed_runs_seeds_no_choice_has_looked_at(tmp_path, capsys):
+    """--first-seed K --seeds N runs seeds K..K+N-1, the same runs as those seeds in any other list."""
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--no-progress", "--jobs", "1", "--no-cache", "--first-seed", "1", "--seeds", "2",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["seeds"] == [1, 2] and [r["seed"] for r in summary["per_seed"]] == [1, 2]
+    assert main(["demo", "--quick", "--no-progress", "--jobs", "1", "--no-cache", "--out", str(tmp_path / "first")]) == 0
+    capsys.readouterr()
+    first = json.loads((tmp_path / "first" / "demo.json").read_text())
+    assert first["seeds"] == [0, 1]
+    assert _numbers(first)["per_seed"][1] == _numbers(summary)["per_seed"][0]  # seed 1 is seed 1 in either list
 
 
 def _numbers(summary: dict) -> dict:

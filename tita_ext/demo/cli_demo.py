@@ -1,6 +1,7 @@
 """`tita-ext demo`: the whole story on the built-in world (see story.py).
 
     tita-ext demo [--out DIR] [--cache-dir DIR | --no-cache] [--results FILE] [--quick] [--seeds N]
+                  [--first-seed K]
                   [--jobs N] [--no-progress]
 """
 
@@ -37,7 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "model, evaluation) as they become ready (default: one per core); the numbers do not "
                              "depend on it")
     parser.add_argument("--seeds", type=int, metavar="N",
-                        help="run seeds 0..N-1 (default: the recipe's, 5; the paired tests need at least 2)")
+                        help="run N seeds (default: the recipe's, 5; the paired tests need at least 2)")
+    parser.add_argument("--first-seed", type=int, metavar="K",
+                        help="run seeds K..K+N-1 (default 0), e.g. seeds no recipe choice has looked at")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -53,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.first_seed is not None and args.first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
     recipe = DemoRecipe.quick() if args.quick else DemoRecipe()
-    if args.seeds is not None:
-        recipe = dataclasses.replace(recipe, seeds=tuple(range(args.seeds)))
+    if args.seeds is not None or args.first_seed is not None:
+        count = len(recipe.seeds) if args.seeds is None else args.seeds
+        first = args.first_seed or 0
+        recipe = dataclasses.replace(recipe, seeds=tuple(range(first, first + count)))
     cache = None if args.no_cache else pathlib.Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     print("tita-ext demo: TITA on a built-in world of coloured shapes, from training to POPE (no download).")
     print(f"  cache: {cache if cache is not None else 'off'}; output: {args.out}" + (" (quick run)" if args.quick else ""))
