@@ -276,7 +276,8 @@ def test_first_seed_runs_seeds_no_choice_has_looked_at(tmp_path, capsys):
     capsys.readouterr()
     summary = json.loads((out / "demo.json").read_text())
     assert summary["seeds"] == [1, 2] and [r["seed"] for r in summary["per_seed"]] == [1, 2]
-    assert main(["demo", "--quick", "--no-progress", "--jobs", "1", "--no-cache", "--out", str(tmp_path / "first")]) == 0
+    quick = ["demo", "--quick", "--no-progress", "--jobs", "1", "--no-cache"]
+    assert main(quick + ["--out", str(tmp_path / "first")]) == 0
     capsys.readouterr()
     first = json.loads((tmp_path / "first" / "demo.json").read_text())
     assert first["seeds"] == [0, 1]
@@ -329,3 +330,21 @@ def test_quick_demo_gives_identical_numbers_when_retrained_and_from_the_cache(tm
     second = capsys.readouterr().out
     assert second.count("from the cache") == 8  # per seed: base, reward SFT, pairs, reward; only POPE runs again
     assert _numbers(json.loads((out / "demo.json").read_text())) == _numbers(summary)
+
+
+def test_unlabelled_pairs_wait_for_the_base_on_the_workers(tmp_path, capfd):
+    """With pairs from the base's own answers the reward task runs after the base's, on the worker
+    pool, and its log says where the pairs came from."""
+    import dataclasses
+
+    from tita_ext.demo import run_story
+
+    recipe = dataclasses.replace(DemoRecipe.quick(), seeds=(0, 1), pair_source="noise")
+    summary = run_story(recipe, tmp_path / "out", None, progress=False, jobs=3)  # a free worker: nothing but the
+    # dependency keeps a reward task from starting beside the bases
+    log = capfd.readouterr().out  # the workers print to the process's stdout
+    assert summary["seeds"] == [0, 1] and summary["machine"]["jobs"] == 3
+    for seed in (0, 1):
+        assert f"seed {seed}: [4/6] preference pairs: the base's own answers, clean vs noised" in log
+        base_done = log.index(f"seed {seed}:       done", log.index(f"seed {seed}: [2/6]"))
+        assert log.index(f"seed {seed}: [3/6]") > base_done

@@ -43,7 +43,7 @@ Log = Callable[[str], None]
 STAGES = 6
 
 
-class _Stages:
+class _StageLog:
     """Numbered log lines and per-stage timings of one task of one seed."""
 
     def __init__(self, log: Log) -> None:
@@ -64,10 +64,10 @@ class _Stages:
 
 
 def _supervised(recipe: DemoRecipe, cache: pathlib.Path | None, name: str, size, fields, scenes: int | None,
-                number: int, what: str, stages_: _Stages, progress: bool) -> pathlib.Path:
+                number: int, what: str, stage_log: _StageLog, progress: bool) -> pathlib.Path:
     """Stage 2 or 3: a model of `size` trained on the first `scenes` training scenes (None: all)."""
     count = scenes or recipe.train_scenes
-    t = stages_.start(number, f"{what}: hidden {size.hidden_size} x {size.layers}, vision {size.vision_hidden_size} "
+    t = stage_log.start(number, f"{what}: hidden {size.hidden_size} x {size.layers}, vision {size.vision_hidden_size} "
                               f"x {size.vision_layers}, {count} scenes, {recipe.sft_epochs} epochs")
 
     def write(target: pathlib.Path) -> None:
@@ -75,17 +75,17 @@ def _supervised(recipe: DemoRecipe, cache: pathlib.Path | None, name: str, size,
         rows = stages.sft_rows(stages.make_world(recipe), recipe, processor, progress, count=count)
         model, record = stages.train_supervised(size, rows, recipe, processor, progress)
         stages.save_model(model, target)
-        stages_.log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}")
+        stage_log.log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}")
 
     folder, hit = cached_folder(cache, name, recipe.stage_key(*fields, code=SFT_CODE), write)
-    stages_.done(name, t, hit, str(folder))
+    stage_log.done(name, t, hit, str(folder))
     return folder
 
 
-def _task_result(stages_: _Stages, started: float, cpu_started: float, folders: dict[str, pathlib.Path],
+def _task_result(stage_log: _StageLog, started: float, cpu_started: float, folders: dict[str, pathlib.Path],
                  **extra: Any) -> dict[str, Any]:
-    return {"folders": {k: str(v) for k, v in folders.items()}, "timings": stages_.timings,
-            "cached": stages_.cached, "seconds": time.perf_counter() - started,
+    return {"folders": {k: str(v) for k, v in folders.items()}, "timings": stage_log.timings,
+            "cached": stage_log.cached, "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu_started, **extra}
 
 
@@ -93,10 +93,10 @@ def train_base(recipe: DemoRecipe, cache: pathlib.Path | None, *, progress: bool
                log: Log = print) -> dict[str, Any]:
     """Stage 2 of one seed (`recipe.seed`): the base model, from the cache when it is there.
     Returns {"folders": {"base": path}, "timings", "cached", "seconds", "cpu_seconds"}."""
-    started, cpu_started, stages_ = time.perf_counter(), time.process_time(), _Stages(log)
-    folder = _supervised(recipe, cache, "base", recipe.base, BASE_FIELDS, None, 2, "the base model", stages_,
+    started, cpu_started, stage_log = time.perf_counter(), time.process_time(), _StageLog(log)
+    folder = _supervised(recipe, cache, "base", recipe.base, BASE_FIELDS, None, 2, "the base model", stage_log,
                          progress)
-    return _task_result(stages_, started, cpu_started, {"base": folder})
+    return _task_result(stage_log, started, cpu_started, {"base": folder})
 
 
 def train_reward(recipe: DemoRecipe, cache: pathlib.Path | None, base_folder: str | None = None, *,
@@ -105,46 +105,46 @@ def train_reward(recipe: DemoRecipe, cache: pathlib.Path | None, base_folder: st
     base_folder: the base model, needed only by unlabelled pairs (`recipe.pair_source` "noise").
     Returns {"folders": {"reward-sft", "pairs", "reward"}, "pairs": count, "timings", "cached",
     "seconds", "cpu_seconds"}."""
-    started, cpu_started, stages_ = time.perf_counter(), time.process_time(), _Stages(log)
+    started, cpu_started, stage_log = time.perf_counter(), time.process_time(), _StageLog(log)
     sft_folder = _supervised(recipe, cache, "reward-sft", recipe.reward, REWARD_SFT_FIELDS,
-                             recipe.reward_train_scenes, 3, "the reward model, supervised (before DPO)", stages_,
+                             recipe.reward_train_scenes, 3, "the reward model, supervised (before DPO)", stage_log,
                              progress)
     reward_sft = stages.load_model(sft_folder)
     processor = tiny_llava_processor()
 
-    t = stages_.start(4, "preference pairs: " + (f"{recipe.pair_scenes} fresh scenes' true answers vs the other answer"
-                                                 if recipe.pair_source == "labels" else
-                                                 f"the base's own answers, clean vs noised (step {recipe.noise_step} "
-                                                 f"of 1000)"))
+    labelled = recipe.pair_source == "labels"
+    pairs_what = (f"{recipe.pair_scenes} fresh scenes' true answers vs the other answer" if labelled
+                  else f"the base's own answers, clean vs noised (step {recipe.noise_step} of 1000)")
+    t = stage_log.start(4, f"preference pairs: {pairs_what}")
 
     def write_pairs(target: pathlib.Path) -> None:
-        if recipe.pair_source != "labels" and base_folder is None:
+        if not labelled and base_folder is None:
             raise ValueError("unlabelled pairs (pair_source 'noise') need the base model's folder")
-        base = None if recipe.pair_source == "labels" else stages.load_model(pathlib.Path(base_folder))
+        base = None if labelled else stages.load_model(pathlib.Path(base_folder))
         stages.make_pairs(base, stages.make_world(recipe), recipe, processor, target, progress)
 
     pairs_folder, hit = cached_folder(cache, "pairs", recipe.stage_key(*PAIR_FIELDS, code=PAIR_CODE), write_pairs)
     pairs = stages.load_pairs(pairs_folder)
-    stages_.done("pairs", t, hit, f"{len(pairs)} pairs")
+    stage_log.done("pairs", t, hit, f"{len(pairs)} pairs")
 
-    t = stages_.start(5, f"the reward model: DPO (beta {recipe.dpo_beta:g}, {recipe.dpo_epochs} epoch(s), "
+    t = stage_log.start(5, f"the reward model: DPO (beta {recipe.dpo_beta:g}, {recipe.dpo_epochs} epoch(s), "
                          f"lr {recipe.dpo_lr:g})")
 
     def write_reward(target: pathlib.Path) -> None:
         if not pairs:  # only an undertrained base (a --quick run) answers the same either way
-            stages_.log("      no pairs (the base answered every question the same with and without noise): "
+            stage_log.log("      no pairs (the base answered every question the same with and without noise): "
                         "the reward model stays as supervised")
             stages.save_model(reward_sft, target)
             return
         model, record = stages.train_reward(reward_sft, pairs, recipe, processor, progress)
         stages.save_model(model, target)
         tail = record["reward_accuracies"][-10:]
-        stages_.log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}, "
+        stage_log.log(f"      {record['steps']} steps, final loss {record['losses'][-1]:.3f}, "
                     f"reward accuracy {sum(tail) / len(tail):.2f} (last 10 steps)")
 
     reward_folder, hit = cached_folder(cache, "reward", recipe.stage_key(*DPO_FIELDS, code=DPO_CODE), write_reward)
-    stages_.done("reward", t, hit, str(reward_folder))
-    return _task_result(stages_, started, cpu_started,
+    stage_log.done("reward", t, hit, str(reward_folder))
+    return _task_result(stage_log, started, cpu_started,
                         {"reward-sft": sft_folder, "pairs": pairs_folder, "reward": reward_folder}, pairs=len(pairs))
 
 
@@ -154,16 +154,16 @@ def evaluate_seed(recipe: DemoRecipe, out_dir: pathlib.Path, trained: list[dict[
     models `trained` holds (train_base's and train_reward's results). Returns the seed's record
     (see report.seed_record), its timings and CPU seconds those of all its tasks together; also
     written to out_dir/seed-N/record.json (kept if a later seed fails)."""
-    started, cpu_started, stages_ = time.perf_counter(), time.process_time(), _Stages(log)
+    started, cpu_started, stage_log = time.perf_counter(), time.process_time(), _StageLog(log)
     folder = out_dir / f"seed-{recipe.seed}" / "pope"
     processor = tiny_llava_processor()
-    t = stages_.start(1, "the world")
+    t = stage_log.start(1, "the world")
     pope = stages.write_pope_sets(stages.make_world(recipe), recipe, folder)
-    stages_.done("world", t, False, f"{recipe.val_scenes} validation and {recipe.test_scenes} test scenes ({folder})")
+    stage_log.done("world", t, False, f"{recipe.val_scenes} validation and {recipe.test_scenes} test scenes ({folder})")
     folders = {k: pathlib.Path(v) for part in trained for k, v in part["folders"].items()}
     base, reward_sft, reward = (stages.load_model(folders[k]) for k in ("base", "reward-sft", "reward"))
 
-    t = stages_.start(6, f"POPE: the base alone vs guidance at alpha {', '.join(f'{a:g}' for a in recipe.alphas)}")
+    t = stage_log.start(6, f"POPE: the base alone vs guidance at alpha {', '.join(f'{a:g}' for a in recipe.alphas)}")
     ref_model = reward_sft if recipe.reference == "reward-sft" else None
 
     def score(model, scenes: str, alphas, ref=None, splits=None) -> dict[str, Any]:
@@ -188,9 +188,9 @@ def evaluate_seed(recipe: DemoRecipe, out_dir: pathlib.Path, trained: list[dict[
                   "guided_before_dpo": score(reward_sft, "test", mixed)}
         alone = {"reward_before_dpo": sweeps["guided_before_dpo"],
                  "reward_after_dpo": sweeps["tita"] if ref_model is None else score(reward, "test", (1.0,))}
-    stages_.done("pope", t, False)
+    stage_log.done("pope", t, False)
 
-    parts = trained + [_task_result(stages_, started, cpu_started, {})]
+    parts = trained + [_task_result(stage_log, started, cpu_started, {})]
     timings = {k: v for part in parts for k, v in part["timings"].items()}
     order = ("world", "base", "reward-sft", "pairs", "reward", "pope")
     models = {"base": str(folders["base"]), "reward": str(folders["reward"]), "reward_sft": str(folders["reward-sft"]),
