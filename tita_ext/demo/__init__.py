@@ -1,6 +1,7 @@
 """The built-in story behind `tita-ext demo`: a world of coloured shapes, a tiny base VLM that
-learned its co-occurrence habits, a smaller reward model trained with DPO on the base's own
-answers, and POPE on held-out scenes (base alone vs TITA).
+learned to say yes to absent companions from careless training answers, a much smaller reward model
+trained with DPO on labelled preference pairs, and POPE on held-out scenes (base alone vs TITA),
+over several seeds.
 
     from tita_ext.demo import DemoRecipe, run_story
     summary = run_story(DemoRecipe(), pathlib.Path("tita-demo"), cache=None)

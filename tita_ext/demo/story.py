@@ -12,9 +12,10 @@ per seed (each seed draws its own world sample, models, pairs and DPO order).
     6. POPE           on held-out scenes: the base alone, each reward model alone, the base guided
                       by the reward model before DPO, and TITA; alpha chosen on validation scenes
 
-Stages 2-5 are cached (see cache.py): a second run only evaluates. Every seed runs on one torch
-thread, so its numbers do not depend on the machine's core count; `jobs` seeds run at once in
-worker processes.
+Stages 2-5 are cached (see cache.py): a second run only evaluates. Each seed is three tasks (stage
+2; stages 3-5; stages 1 and 6, after both), each on one torch thread, so the numbers depend neither
+on the machine's core count nor on the order the tasks run in; `jobs` worker processes take them
+longest remaining chain first (schedule.py).
 """
 
 from __future__ import annotations
