@@ -348,3 +348,15 @@ def test_unlabelled_pairs_wait_for_the_base_on_the_workers(tmp_path, capfd):
         assert f"seed {seed}: [4/6] preference pairs: the base's own answers, clean vs noised" in log
         base_done = log.index(f"seed {seed}:       done", log.index(f"seed {seed}: [2/6]"))
         assert log.index(f"seed {seed}: [3/6]") > base_done
+
+
+def test_unlabelled_pairs_without_the_base_are_refused(tmp_path):
+    """The reward task builds unlabelled pairs from the base's answers: without the base's folder
+    it says so instead of failing inside the pair builder."""
+    import dataclasses
+
+    from tita_ext.demo.story import train_reward
+
+    recipe = dataclasses.replace(DemoRecipe.quick(), pair_source="noise").for_seed(0)
+    with pytest.raises(ValueError, match=r"unlabelled pairs \(pair_source 'noise'\) need the base model's folder"):
+        train_reward(recipe, tmp_path / "cache", None, log=lambda line: None)

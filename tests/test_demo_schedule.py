@@ -35,6 +35,7 @@ def test_order_of_start_takes_the_longest_ready_path_first():
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_run_tasks_passes_results_downstream(jobs):
     assert run_tasks(diamond(), jobs) == {"a": 5, "b": 50, "c": -5, "d": 55}
+    assert run_tasks([], jobs) == {}  # nothing to run: no pool is started
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

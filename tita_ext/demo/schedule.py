@@ -55,18 +55,23 @@ def critical_paths(tasks: list[Task]) -> dict[Hashable, float]:
     return paths
 
 
+def _priority(tasks: list[Task]) -> Callable[[Task], tuple[float, int]]:
+    """The sort key of ready tasks: the longest path first, ties in the order given."""
+    paths = critical_paths(tasks)
+    rank = {task.key: i for i, task in enumerate(tasks)}
+    return lambda task: (-paths[task.key], rank[task.key])
+
+
 def order_of_start(tasks: list[Task]) -> list[Hashable]:
     """The order one worker runs the tasks in: the ready task with the longest path first (ties:
     the order given). Also the order `run_tasks` hands tasks out to workers as they free up."""
-    paths = critical_paths(tasks)
-    rank = {task.key: i for i, task in enumerate(tasks)}
+    priority = _priority(tasks)
     done: set[Hashable] = set()
     order: list[Hashable] = []
     while len(order) < len(tasks):
-        ready = [t.key for t in tasks if t.key not in done and all(b in done for b in t.after)]
-        key = min(ready, key=lambda k: (-paths[k], rank[k]))
-        order.append(key)
-        done.add(key)
+        task = min((t for t in tasks if t.key not in done and all(b in done for b in t.after)), key=priority)
+        order.append(task.key)
+        done.add(task.key)
     return order
 
 
@@ -80,9 +85,9 @@ def run_tasks(tasks: list[Task], jobs: int) -> dict[Hashable, Any]:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if len({task.key for task in tasks}) != len(tasks):
         raise ValueError("two tasks share a key")
-    paths = critical_paths(tasks)
+    priority = _priority(tasks)  # also refuses a graph with a missing task or a cycle
     results: dict[Hashable, Any] = {}
-    if jobs == 1:
+    if jobs == 1 or not tasks:
         by_key = {task.key: task for task in tasks}
         for key in order_of_start(tasks):
             task = by_key[key]
@@ -91,15 +96,13 @@ def run_tasks(tasks: list[Task], jobs: int) -> dict[Hashable, Any]:
 
     import multiprocessing
 
-    rank = {task.key: i for i, task in enumerate(tasks)}
     finished: queue.Queue = queue.Queue()
     pending = list(tasks)
     running = 0
     # a Pool (not a ProcessPoolExecutor): leaving the block, also on Ctrl-C, terminates the workers
     with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
         while pending or running:
-            ready = sorted((t for t in pending if all(b in results for b in t.after)),
-                           key=lambda t: (-paths[t.key], rank[t.key]))
+            ready = sorted((t for t in pending if all(b in results for b in t.after)), key=priority)
             for task in ready[:max(0, jobs - running)]:
                 pending.remove(task)
                 running += 1

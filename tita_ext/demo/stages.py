@@ -58,18 +58,13 @@ def sft_rows(world: World, recipe: DemoRecipe, processor: Any, progress: bool,
              count: int | None = None) -> list[dict]:
     """The supervised rows of the first `count` training scenes (None: all `recipe.train_scenes`):
     every scene's caption and its six yes/no questions, as its (noisy: World.named_anyway)
-    annotation says, scene by scene (`rows_per_scene()` rows each; the first k scenes are the same
-    whatever the count: World.scenes)."""
+    annotation says, scene by scene (the first k scenes are the same whatever the count:
+    World.scenes)."""
     scenes = world.scenes(recipe.train_scenes if count is None else count, "train")
     examples = [(render(scene), prompt, answer)
                 for scene, named in zip(scenes, world.named_anyway(scenes, "train"))
                 for prompt, answer in qa_examples(scene, named_anyway=named)]
     return encode_examples(processor, examples, progress=progress)
-
-
-def rows_per_scene() -> int:
-    """Supervised rows per training scene: the caption and one question per shape."""
-    return 1 + len(SHAPES)
 
 
 def train_supervised(size: ModelSize, rows: list[dict], recipe: DemoRecipe, processor: Any,

@@ -20,8 +20,6 @@ longest remaining chain first (schedule.py).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import pathlib
 import time

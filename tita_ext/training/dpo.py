@@ -114,10 +114,15 @@ def encode_pairs(processor, pairs: Sequence[PreferencePair | dict], images_root:
                  *, separator: str = " ", append_eos: bool = True) -> dict:
     """A training batch for B pairs: 2B right-padded rows, the chosen responses first (rows 0..B-1),
     then the rejected ones (B..2B-1), each with its pair's image."""
-    pairs = [_as_pair(p) for p in pairs]
-    encoded = [encode_pair_rows(processor, p, None if p.image is None else load_image(p.image, images_root),
-                                separator=separator, append_eos=append_eos) for p in pairs]
-    return collate_pairs(processor, encoded)
+    return collate_pairs(processor, [_load_and_encode(processor, _as_pair(p), images_root, separator, append_eos)
+                                     for p in pairs])
+
+
+def _load_and_encode(processor, pair: PreferencePair, images_root, separator: str, append_eos: bool
+                     ) -> tuple[dict, dict]:
+    """encode_pair_rows of a pair whose image is a path (under images_root), a PIL image or None."""
+    image = None if pair.image is None else load_image(pair.image, images_root)
+    return encode_pair_rows(processor, pair, image, separator=separator, append_eos=append_eos)
 
 
 def collate_pairs(processor, encoded: Sequence[tuple[dict, dict]]) -> dict:
@@ -231,11 +236,10 @@ def train_reward_dpo(model, processor, pairs: Iterable[PreferencePair | dict],
         nonlocal kept_bytes
         if i in kept:
             return kept[i]
-        pair = pairs[i]
-        rows = encode_pair_rows(processor, pair, None if pair.image is None else load_image(pair.image, images_root),
-                                separator=separator, append_eos=append_eos)
-        if kept_bytes + _row_bytes(rows) <= keep_encoded_bytes:
-            kept[i], kept_bytes = rows, kept_bytes + _row_bytes(rows)
+        rows = _load_and_encode(processor, pairs[i], images_root, separator, append_eos)
+        size = _row_bytes(rows)
+        if kept_bytes + size <= keep_encoded_bytes:
+            kept[i], kept_bytes = rows, kept_bytes + size
         return rows
 
     for indices in index_batches(len(pairs), batch_size, total, seed):
